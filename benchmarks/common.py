@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmarks: a random ESM-2 of a real size, E. coli data from ../shared, result tables."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "ppi-dscript"
+
+
+def random_esm2(preset: str = "esm2_t6_8M_UR50D") -> Path:
+    """A random-initialised ESM-2 of a real architecture (weights cannot be downloaded here)."""
+    from protpeft.models.backbone import ESM2_PRESETS, init_tiny
+
+    layers, hidden, heads, intermediate = ESM2_PRESETS[preset]
+    return init_tiny(Path(tempfile.mkdtemp(prefix=f"{preset}-")), layers, hidden, heads, intermediate)
+
+
+def ecoli_or_exit() -> Path:
+    if not (SHARED_DATA / "ecoli_test.tsv").is_file():
+        raise SystemExit(f"skipped: real E. coli data not found at {SHARED_DATA} (../shared beside the checkout)")
+    return SHARED_DATA
+
+
+def write_results(name: str, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
+    """benchmarks/results/<name>.json and .md, and the table on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu"}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "notes": notes, "env": env}, indent=2))
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    lines += ["", *[f"- {k}: {_fmt(v)}" for k, v in notes.items()], f"- env: {env}"]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,281 @@
+"""The ``protpeft`` command line. Each command parses, calls one function, prints; heavy imports stay inside the
+command bodies so ``protpeft --help`` is fast. Errors a user can fix print as one line, without a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from protpeft.errors import ProtpeftError
+
+app = typer.Typer(
+    name="protpeft",
+    help="Parameter-efficient fine-tuning of ESM-2 protein language models: train, compare, track, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Check and generate input data.", no_args_is_help=True)
+model_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Shared option types
+ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
+]
+
+
+def print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def load_predictor(model: str, base: str | None = None):
+    """A run directory, or a registered model reference (``NAME@alias`` / ``NAME/version``) when the registry is
+    installed."""
+    from protpeft.predict import Predictor
+
+    if Path(model).is_dir():
+        return Predictor.from_run_dir(model, base=base)
+    try:
+        from protpeft.registry import load
+    except ImportError:
+        raise ProtpeftError(f"{model}: no such run directory") from None
+    return load(model, base=base)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train / evaluate / predict / params
+
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray instance)."),
+]
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers (engine.workers).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per worker; fractions pack jobs.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Train in this process, without Ray (debugging).")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue a stopped run: its run directory or a checkpoint.")
+    ] = None,
+    register_as: Annotated[str | None, typer.Option(help="Register the finished run under this model name.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
+) -> None:
+    """Train a model from CONFIG (through Ray Train) and write its run directory."""
+    from protpeft.config import load_config
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("engine.workers", workers),
+        ("engine.cpus_per_worker", cpus_per_worker),
+        ("engine.gpus_per_worker", gpus_per_worker),
+        ("tracking.register_as", register_as),
+        ("tracking.alias", alias),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides)
+    tracking = tracking_for(cfg)
+    if local:
+        from protpeft.trainer.run import run_training
+
+        summary = run_training(
+            cfg, logger=tracking() if tracking else None, resume_from=resume, progress=True
+        ).summary()
+    else:
+        from protpeft.trainer.ray_launch import launch_training
+
+        summary = launch_training(cfg, address=address, logger_factory=tracking, resume=resume)
+    _print_result(summary)
+    if cfg.tracking.register_as:
+        from protpeft.registry import register_run
+
+        version = register_run(
+            summary["run_dir"],
+            cfg.tracking.register_as,
+            alias=cfg.tracking.alias,
+            mlflow_run_id=getattr(tracking, "run_id", None),
+        )
+        console.print(f"registered {version}")
+
+
+def tracking_for(cfg):
+    """A picklable factory of the run's MLflow logger (created on the driver, called in the rank-0 worker), or
+    None when tracking is off or the registry package is unavailable."""
+    if not cfg.tracking.mlflow:
+        return None
+    from protpeft.registry.tracking import logger_factory
+
+    return logger_factory(cfg)
+
+
+def _print_result(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    metrics = summary.get("metrics", {})
+    table = Table(title=f"run {summary.get('run_dir')}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if "/" not in key:
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    rest = {k: v for k, v in summary.items() if k != "metrics"}
+    print_json(rest)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    config: Annotated[Path | None, typer.Option(help="Data config; default: the run's own config.")] = None,
+    set_: SetOpt = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    base: Annotated[str | None, typer.Option(help="Use this base model location instead of the recorded one.")] = None,
+) -> None:
+    """Evaluate a saved run on a split of its (or another config's) data; prints metrics as JSON."""
+    from protpeft.evaluation import evaluate_run
+
+    print_json(evaluate_run(run_dir, config, set_, split, base))
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="A run directory (or a registered NAME@alias once a registry exists).")],
+    out: Annotated[Path, typer.Option(help="Output TSV.")],
+    pairs: Annotated[Path | None, typer.Option(help="PPI pairs (either layout); labels optional.")] = None,
+    sequences: Annotated[Path | None, typer.Option(help="FASTA with the sequences the pairs name.")] = None,
+    input_: Annotated[Path | None, typer.Option("--input", help="FASTA of single sequences (symmetry).")] = None,
+    batch_size: int = 16,
+    base: Annotated[str | None, typer.Option(help="Base model location override.")] = None,
+) -> None:
+    """Predict interaction probabilities for pairs, or symmetry classes for sequences, into a TSV."""
+    from protpeft.batch_predict import predict_files
+
+    n = predict_files(load_predictor(model, base), out, pairs, sequences, input_, batch_size)
+    console.print(f"wrote {n} predictions to {out}")
+
+
+@app.command()
+def params(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Print total and trainable parameter counts of CONFIG's model as JSON (no weights are loaded)."""
+    from protpeft.config import load_config
+    from protpeft.models.params import parameter_report
+
+    print_json(parameter_report(load_config(config, set_)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data / model
+
+
+@data_app.command("check")
+def data_check(
+    pairs: Annotated[Path | None, typer.Option(help="PPI pairs file.")] = None,
+    sequences: Annotated[Path | None, typer.Option(help="FASTA for the pairs.")] = None,
+    table: Annotated[Path | None, typer.Option(help="Symmetry table.")] = None,
+    layout: Annotated[str, typer.Option(help="auto, dscript or gold.")] = "auto",
+) -> None:
+    """Validate input files without training; exits non-zero listing every problem."""
+    from protpeft.data.check import check_inputs
+
+    report = check_inputs(pairs=pairs, sequences=sequences, table=table, layout=layout)
+    print_json(report)
+
+
+@data_app.command("synth")
+def data_synth(
+    task: Annotated[str, typer.Option(help="ppi or symmetry.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    n: Annotated[int | None, typer.Option(help="Examples (default 1200 pairs / 600 sequences).")] = None,
+    seed: int = 0,
+) -> None:
+    """Write a small learnable synthetic dataset in the real file formats."""
+    from protpeft.data.synth import write_synthetic
+
+    if task not in ("ppi", "symmetry"):
+        raise ProtpeftError(f"--task must be ppi or symmetry, not {task!r}")
+    paths = write_synthetic(task, out, n=n, seed=seed)  # type: ignore[arg-type]
+    print_json({k: str(v) for k, v in paths.items()})
+
+
+@model_app.command("init-tiny")
+def model_init_tiny(
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    layers: int = 4,
+    hidden: int = 64,
+    heads: int = 4,
+    intermediate: int = 128,
+    seed: int = 0,
+) -> None:
+    """Write a random-initialised ESM-2-architecture checkpoint with the real ESM tokenizer."""
+    from protpeft.models.backbone import init_tiny
+
+    path = init_tiny(out, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate, seed=seed)
+    console.print(f"wrote tiny ESM-2 checkpoint to {path}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sub-applications of the distributed parts (their modules import Ray/MLflow only inside commands)
+
+
+def _add_subapps() -> None:
+    import importlib
+
+    for module, attr in (
+        ("protpeft.trainer.cli", "register"),
+        ("protpeft.registry.cli", "register"),
+        ("protpeft.tune.cli", "register"),
+        ("protpeft.deploy.cli", "register"),
+    ):
+        try:
+            register = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        register(app)
+
+
+_add_subapps()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ProtpeftError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as err:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""The run configuration: one typed tree, loaded from YAML, overridden with dotted ``--set`` keys, validated once.
+
+Every later stage reads the resolved :class:`RunConfig`, and every run saves it (``protpeft.json``) so a run is
+reproducible from its own directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protpeft.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EngineConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SplitConfig",
+    "TrackingConfig",
+    "apply_overrides",
+    "flatten_config",
+    "load_config",
+    "parse_override",
+]
+
+Task = Literal["ppi", "symmetry"]
+Mode = Literal["full", "lora", "frozen"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    method: Literal["auto", "column", "random", "by_protein"] = "auto"
+    """auto: the file's `split` column when present, else by_protein for PPI and random for symmetry."""
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """train / val / test fractions for a seeded split."""
+    seed: int = 0
+    """Seed of the split (independent of the training seed)."""
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must be non-negative and sum to 1, got {list(self.fractions)}")
+        return self
+
+
+class DataConfig(_Section):
+    pairs: Path | None = None
+    """PPI pairs: D-SCRIPT layout (headerless `id1 id2 label`) or gold-standard layout (header `p0 p1 label split`)."""
+    sequences: Path | None = None
+    """FASTA file with every sequence the pairs name (PPI)."""
+    table: Path | None = None
+    """Symmetry table (TSV/CSV) with columns `sequence`, `label` (space-separated codes) and optionally `split`."""
+    layout: Literal["auto", "dscript", "gold"] = "auto"
+    """Layout of the pairs file; auto looks for the gold-standard header."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    crop: int = Field(1024, ge=8)
+    """Maximum tokens per sequence including <cls> and <eos>; longer sequences are cropped."""
+    bucket_by_length: bool = True
+    """Sort by length inside shuffled mega-batches so batches hold sequences of similar length (less padding)."""
+    bucket_megabatch: int = Field(50, ge=1)
+    """Mega-batch size in batches: larger means tighter length buckets but less randomness."""
+    max_examples: int | None = Field(None, ge=1)
+    """Use at most this many training examples (seeded subsample); for quick runs."""
+    cache_dir: Path | None = None
+    """Frozen-mode embedding cache; default ~/.cache/protpeft/embeddings (or $PROTPEFT_CACHE)."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes."""
+
+
+class ModelConfig(_Section):
+    base: str = "facebook/esm2_t33_650M_UR50D"
+    """Backbone: a Hugging Face hub id or a local directory written by save_pretrained / `protpeft model init-tiny`."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """How a sequence's token states become one vector: mean over residues, or the <cls> state."""
+    head_hidden: int = Field(128, ge=1)
+    """Width of the classification head's hidden layer."""
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout before each linear layer of the head."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["key", "value"])
+    """Names of the attention projections that get adapters (ESM: query, key, value, dense)."""
+    last_layers: int | None = Field(8, ge=1)
+    """Adapt only the last N encoder layers (the paper: 8). Ignored when `layers` is given."""
+    layers: list[int] | None = None
+    """Explicit 0-based encoder layer indices to adapt; overrides `last_layers`."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    lora_weight_decay: float | None = Field(None, ge=0)
+    """Weight decay on LoRA matrices; None uses `weight_decay`."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up in optimizer steps (before the decay)."""
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Warm-up as a fraction of all optimizer steps; used when warmup_steps is 0."""
+    grad_clip: float | None = Field(0.2, gt=0)
+    """Clip the global gradient norm to this value; None disables clipping."""
+    batch_size: int = Field(4, ge=1)
+    """Examples per worker per micro-batch."""
+    grad_accum: int = Field(16, ge=1)
+    """Micro-batches per optimizer step. Global batch = batch_size x workers x grad_accum."""
+    eval_batch_size: int | None = Field(None, ge=1)
+    """Batch size for evaluation and embedding; default 4 x batch_size."""
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs when it comes first)."""
+    seed: int = 0
+
+
+class EngineConfig(_Section):
+    strategy: Literal["auto", "local", "ddp", "deepspeed"] = "auto"
+    """auto: DeepSpeed for full mode, DDP for LoRA/frozen (plain single process when not under Ray)."""
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    """Fractions pack several jobs on one GPU (0.25 = four jobs per GPU)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 on CPU."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    """DeepSpeed ZeRO CPU offload of optimizer states."""
+    deepspeed_config: Path | None = None
+    """A DeepSpeed JSON to use instead of the generated one (batch sizes and clipping are still set from optim)."""
+    eval_every: int | None = Field(None, ge=1)
+    """Evaluate every N optimizer steps; None = at the end of each epoch."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Checkpoint every N optimizer steps; None = at each evaluation."""
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_metric: str = "val_aupr"
+    checkpoint_mode: Literal["max", "min"] = "max"
+    max_failures: int = Field(0, ge=-1)
+    """Worker-group restarts from the last checkpoint before the run fails (-1: unlimited)."""
+    log_every: int = Field(10, ge=1)
+    """Log training loss every N optimizer steps."""
+
+
+class TrackingConfig(_Section):
+    mlflow: bool = True
+    """Log the run to MLflow (tracking URI from $MLFLOW_TRACKING_URI, else the embedded SQLite store)."""
+    experiment: str = "protpeft"
+    register_as: str | None = None
+    """Register the finished run's artefact under this model name."""
+    alias: str | None = None
+    """Alias to point at the new version, e.g. champion."""
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name; the run directory is <output_dir>/<name>."""
+    output_dir: Path = Path("runs")
+    task: Task = "ppi"
+    mode: Mode = "lora"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _inputs_match_task(self) -> RunConfig:
+        if self.task == "ppi" and self.data.table is not None and self.data.pairs is None:
+            raise ValueError("task ppi reads data.pairs + data.sequences, but only data.table is set")
+        if self.task == "symmetry" and self.data.pairs is not None and self.data.table is None:
+            raise ValueError("task symmetry reads data.table, but only data.pairs is set")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the resolved config (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML + overrides
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key, so errors can point at the YAML line."""
+
+
+def _yaml_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    lines: dict[tuple[str, ...], int] = {}
+    root = yaml.compose(text, Loader=_LineLoader)
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*path, str(key_node.value))
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    if root is not None:
+        walk(root, ())
+    return yaml.load(text, Loader=_LineLoader), lines
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'optim.lr=3e-4'`` → (``['optim', 'lr']``, 0.0003); the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    # YAML reads "1e-3" as a string; accept it as a number since config keys never hold such strings.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each dotted override set (creating intermediate mappings)."""
+    merged = copy.deepcopy(raw)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = merged
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return merged
+
+
+def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+    problems = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        line = None
+        for n in range(len(loc), 0, -1):  # the deepest key we know a line for
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f"{source}:{line}" if line else source
+        key = ".".join(loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>", lines: dict | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source, lines or {})) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, validate.
+
+    Relative data/model/output paths in the YAML are kept as written: they resolve against the working directory,
+    as a user running ``protpeft train configs/x.yaml`` from the project root expects.
+
+    Raises:
+        ConfigError: unreadable YAML or invalid values; the message names the file, line and key.
+    """
+    raw: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"{source}: cannot read config ({err.strerror})") from None
+        try:
+            loaded, lines = _yaml_with_lines(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}:1: a config must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    raw = apply_overrides(raw, overrides)
+    return config_from_dict(raw, source, lines)
+
+
+def flatten_config(cfg: RunConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'optim': {'lr': 1e-3}}`` → ``{'optim.lr': 1e-3}`` (lists kept as values); for MLflow params and tables."""
+    data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,80 @@
+"""The only place that decides what is trainable: full, lora (peft adapters + head) or frozen (head only).
+
+The training loop builds its optimizer from ``requires_grad`` parameters and never branches on the mode.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from protpeft.config import LoraConfig
+
+__all__ = ["MODES", "apply_mode", "count_parameters", "lora_layers", "peft_lora_config"]
+
+MODES = ("full", "lora", "frozen")
+
+
+def lora_layers(cfg: LoraConfig, num_layers: int) -> list[int]:
+    """The 0-based encoder layers that get adapters: ``cfg.layers`` if given, else the last ``cfg.last_layers``."""
+    if cfg.layers is not None:
+        bad = [i for i in cfg.layers if not 0 <= i < num_layers]
+        if bad:
+            from protpeft.errors import ConfigError
+
+            raise ConfigError(f"lora.layers: {bad} out of range for a backbone with {num_layers} layers")
+        return sorted(set(cfg.layers))
+    if cfg.last_layers is None:
+        return list(range(num_layers))
+    return list(range(max(0, num_layers - cfg.last_layers), num_layers))
+
+
+def peft_lora_config(cfg: LoraConfig, num_layers: int):
+    """Our ``lora`` block mapped field by field onto peft's ``LoraConfig``."""
+    import peft
+
+    return peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=lora_layers(cfg, num_layers),
+        bias="none",
+    )
+
+
+def apply_mode(backbone: nn.Module, mode: Literal["full", "lora", "frozen"], lora: LoraConfig) -> nn.Module:
+    """Return the backbone prepared for ``mode``: all trainable (full), peft-wrapped with only adapters trainable
+    (lora), or frozen in eval mode (frozen). The head is always trainable and lives outside the backbone."""
+    if mode == "full":
+        return backbone.requires_grad_(True)
+    if mode == "lora":
+        import warnings
+
+        import peft
+
+        with warnings.catch_warnings():  # peft calls a transformers API that warns about its own rename
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapped = peft.get_peft_model(backbone, peft_lora_config(lora, backbone.config.num_hidden_layers))
+        for name, param in wrapped.named_parameters():  # peft freezes the base; keep it that way, adapters only
+            param.requires_grad_("lora_" in name)
+        return wrapped
+    if mode == "frozen":
+        backbone.requires_grad_(False)
+        return backbone.eval()
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total": …, "trainable": …}`` counting each parameter once (works on the meta device)."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return {"total": total, "trainable": trainable}

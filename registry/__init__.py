@@ -1,0 +1,1 @@
+"""protpeft.registry: MLflow tracking and the model registry."""

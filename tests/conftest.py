@@ -1,0 +1,78 @@
+"""Shared fixtures: the tiny random ESM-2 checkpoint and the synthetic datasets, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ppi-dscript"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep embedding caches and tokens of the test session out of the user's home directory."""
+    os.environ.setdefault("PROTPEFT_CACHE", str(tmp_path_factory.mktemp("protpeft-cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-initialised ESM-2 (4 layers, hidden 64) with the real ESM vocabulary, written like a hub checkpoint."""
+    from protpeft.models.backbone import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("tiny-esm2"))
+
+
+@pytest.fixture(scope="session")
+def synth_ppi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Learnable synthetic PPI data (gold layout, split by protein): {"pairs": …, "sequences": …}."""
+    from protpeft.data.synth import write_synthetic
+
+    return write_synthetic("ppi", tmp_path_factory.mktemp("synth-ppi"))
+
+
+@pytest.fixture(scope="session")
+def synth_symmetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Learnable synthetic symmetry table: {"table": …}."""
+    from protpeft.data.synth import write_synthetic
+
+    return write_synthetic("symmetry", tmp_path_factory.mktemp("synth-symmetry"))
+
+
+@pytest.fixture
+def make_config(tiny_model: Path, synth_ppi: dict, synth_symmetry: dict, tmp_path: Path):
+    """Build a RunConfig for the tiny model + synthetic data: ``make_config("ppi", "lora", "optim.lr=1e-3", ...)``.
+
+    Defaults are small and fast (batch 16, no accumulation, 1 epoch); overrides win.
+    """
+    from protpeft.config import load_config
+
+    def build(task: str = "ppi", mode: str = "lora", *overrides: str, name: str | None = None):
+        data = (
+            [f"data.pairs={synth_ppi['pairs']}", f"data.sequences={synth_ppi['sequences']}"]
+            if task == "ppi"
+            else [f"data.table={synth_symmetry['table']}"]
+        )
+        base = [
+            f"task={task}",
+            f"mode={mode}",
+            f"name={name or f'{task}-{mode}'}",
+            f"output_dir={tmp_path / 'runs'}",
+            f"model.base={tiny_model}",
+            "optim.batch_size=16",
+            "optim.grad_accum=1",
+            "optim.epochs=1",
+            "lora.last_layers=4",
+            "tracking.mlflow=false",
+        ]
+        return load_config(None, base + data + list(overrides))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def dscript_data() -> Path:
+    if not (SHARED_DATA / "ecoli_test.tsv").is_file():
+        pytest.skip(f"real D-SCRIPT data not found at {SHARED_DATA} (../shared/data/ppi-dscript beside the checkout)")
+    return SHARED_DATA

@@ -1,0 +1,77 @@
+"""The real entry point: exit codes, one-line errors naming file and line, JSON outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+PROTPEFT = [sys.executable, "-m", "protpeft.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*PROTPEFT, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_params_prints_json_counts() -> None:
+    root = Path(__file__).resolve().parents[2]
+    out = run("params", str(root / "configs/paper/ppi_lora.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["trainable"] == 491_777
+
+
+def test_data_check_reports_bad_lines_without_traceback(tmp_path: Path) -> None:
+    fasta = tmp_path / "seqs.fasta"
+    fasta.write_text(">A\nMKVL\n>B\nMK1L\n>C\n\n")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("A\tB\t1\nA\tZ\t0\n")
+    out = run("data", "check", "--pairs", str(pairs), "--sequences", str(fasta))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{fasta}:4" in out.stderr and "'1'" in out.stderr
+    assert f"{fasta}:5" in out.stderr and "empty" in out.stderr
+
+
+def test_data_check_summarises_valid_input(synth_ppi: dict) -> None:
+    out = run("data", "check", "--pairs", str(synth_ppi["pairs"]), "--sequences", str(synth_ppi["sequences"]))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["pairs"] == 1200 and report["positives"] == 600
+
+
+def test_train_with_a_bad_config_names_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("task: ppi\nmode: lora\noptim:\n  lr: fast\n")
+    out = run("train", str(config), "--local")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{config}:4: optim.lr" in out.stderr
+
+
+def test_train_with_missing_data_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> None:
+    out = run("train", "--local", str(tmp_path / "none.yaml"))
+    assert out.returncode == 2 and "cannot read config" in out.stderr
+    out = run(
+        "train",
+        "--local",
+        "/dev/null",
+        "--set",
+        f"model.base={tiny_model}",
+        "--set",
+        "data.pairs=nope.tsv",
+        "--set",
+        "data.sequences=nope.fasta",
+        "--set",
+        "tracking.mlflow=false",
+    )
+    assert out.returncode == 2 and "nope.tsv: file not found" in out.stderr
+
+
+def test_synth_and_init_tiny_commands(tmp_path: Path) -> None:
+    assert run("data", "synth", "--task", "symmetry", "--out", str(tmp_path / "s"), "--n", "50").returncode == 0
+    assert (tmp_path / "s" / "symmetry.tsv").is_file()
+    out = run("model", "init-tiny", str(tmp_path / "m"), "--layers", "2", "--hidden", "32")
+    assert out.returncode == 0 and (tmp_path / "m" / "model.safetensors").is_file()
