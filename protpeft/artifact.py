@@ -38,6 +38,7 @@ __all__ = [
 
 ARTIFACT_FILE = "protpeft.json"
 HEAD_FILE = "head.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
 SAFE_SUFFIXES = (".json", ".safetensors", ".txt", ".md", ".jsonl")
 REQUIRED = {
     "full": (HEAD_FILE, "backbone/config.json"),
@@ -95,7 +96,9 @@ def check_artifact_files(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise ArtifactError(f"{run_dir}: not a directory")
     unsafe = sorted(
-        str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.suffix not in SAFE_SUFFIXES
+        str(rel)
+        for rel in (p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file())
+        if rel.suffix not in SAFE_SUFFIXES and rel.parts[0] != CHECKPOINTS_DIR  # resume state is never loaded here
     )
     if unsafe:
         raise ArtifactError(

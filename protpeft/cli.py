@@ -94,16 +94,20 @@ def train(
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
     tracking = tracking_for(cfg)
-    if local:
-        from protpeft.trainer.run import run_training
+    try:
+        if local:
+            from protpeft.trainer.run import run_training
 
-        summary = run_training(
-            cfg, logger=tracking() if tracking else None, resume_from=resume, progress=True
-        ).summary()
-    else:
-        from protpeft.trainer.ray_launch import launch_training
+            logger = tracking() if tracking else None
+            summary = run_training(cfg, logger=logger, resume_from=resume, progress=True).summary()
+        else:
+            from protpeft.trainer.ray_launch import launch_training
 
-        summary = launch_training(cfg, address=address, logger_factory=tracking, resume=resume)
+            summary = launch_training(cfg, address=address, logger_factory=tracking, resume=resume)
+    except BaseException:
+        if tracking is not None:
+            tracking.close("FAILED")  # never leave the MLflow run RUNNING
+        raise
     _print_result(summary)
     if cfg.tracking.register_as:
         from protpeft.registry import register_run
