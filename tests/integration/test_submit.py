@@ -1,0 +1,179 @@
+"""``protpeft submit`` / ``protpeft jobs`` against a real Ray head on 127.0.0.1 with token authentication on:
+submit a training job, wait for it, read its logs; the token is required and never printed.
+
+The head runs in its own process group and temp dir and is stopped by killing that group (never ``ray stop``,
+which would stop every Ray instance on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_dashboard(url: str, token: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the Ray dashboard at {url} did not come up in {timeout_s}s")
+
+
+def _kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
+    """SIGTERM then SIGKILL the head's process group, then any process still naming its temp dir."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for entry in Path("/proc").iterdir():  # Ray daemons that left the group (setsid) still name the temp dir
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if temp_dir.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[dict]:
+    """``ray start --head`` on 127.0.0.1 with RAY_AUTH_MODE=token and a fresh random token."""
+    token = secrets.token_hex(16)
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 107 chars
+    dashboard = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
+    env.pop("RAY_ADDRESS", None)
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": dashboard,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+    }
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        "--object-store-memory=300000000",
+        *(f"{k}={v}" for k, v in ports.items()),
+    ]
+    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in the finalizer
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_dashboard(f"http://127.0.0.1:{dashboard}", token, proc)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env}
+    finally:
+        _kill_group(proc, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def protpeft(*args: str, env: dict, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "protpeft"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_submit_train_job_with_token_auth(ray_head: dict, make_config, tmp_path: Path) -> None:
+    address, token = ray_head["address"], ray_head["token"]
+    client_env = {**ray_head["env"], "COLUMNS": "250"}  # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN, as a user sets them
+    no_token_env = {k: v for k, v in client_env.items() if not k.startswith("RAY_AUTH")}
+    no_token_env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+
+    # -- without the token: a clear one-line error, no traceback
+    denied = protpeft("jobs", "list", "--address", address, env=no_token_env)
+    assert denied.returncode == 2
+    assert "requires token authentication" in denied.stderr and "Traceback" not in denied.stderr
+
+    # -- a training job: its config travels in the working dir and is named by a relative path
+    cfg = make_config("ppi", "lora", "optim.max_steps=2", "optim.batch_size=8", "engine.workers=1", name="submitted")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    submitted = protpeft(
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(job_dir),
+        "--",
+        "train",
+        "train.yaml",
+        "--set",
+        "engine.log_every=1",
+        env=client_env,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split("submitted", 1)[1].split()[0]
+
+    status = protpeft(
+        "jobs", "status", job_id, "--wait", "--timeout", "400", "--address", address, env=client_env, timeout=420
+    )
+    logs = protpeft("jobs", "logs", job_id, "--address", address, env=client_env)
+    assert status.stdout.strip() == "SUCCEEDED", logs.stdout[-3000:]
+    assert '"steps": 2' in logs.stdout and '"strategy": "local"' in logs.stdout  # the run's printed summary
+
+    followed = protpeft("jobs", "logs", job_id, "--follow", "--address", address, env=client_env)
+    assert followed.returncode == 0 and '"steps": 2' in followed.stdout  # the log stream ends with the job
+    listed = protpeft("jobs", "list", "--address", address, env=client_env)
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+    stopped = protpeft("jobs", "stop", job_id, "--address", address, env=client_env)
+    assert stopped.returncode == 0 and "already ended" in stopped.stdout
+    meta = json.loads((cfg.run_dir / "protpeft.json").read_text())
+    assert meta["steps"] == 2 and meta["workers"] == 1
+
+    for result in (denied, submitted, status, logs, followed, listed, stopped):  # the token never reaches the terminal
+        assert token not in result.stdout and token not in result.stderr

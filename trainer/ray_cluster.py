@@ -1,0 +1,60 @@
+"""Connecting to Ray, shared by ``train`` (launch), ``run-many`` and ``tune``: which cluster, and a local instance
+that takes no more than it should.
+
+Address resolution: the ``address`` argument, else ``$RAY_ADDRESS`` (set inside Ray jobs), else a *new* local
+instance (``address="local"``). A bare ``ray.init()`` would attach to whatever cluster ``ray start`` last left on
+this machine; protpeft only joins an existing cluster when asked (``--address auto`` or an explicit address).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["connect", "resolve_address"]
+
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+"""A local instance moves configs and small results through the object store, never tensors: 1 GiB is plenty
+(Ray's default reserves 30% of the machine's memory)."""
+
+LOCAL_TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one machine: no node can be preempted; saves an actor per run
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # Ray's 2 s poll delays every checkpoint's registration
+}
+"""Ray Train settings for a local instance (its processes inherit this environment); a variable already set wins."""
+
+
+def resolve_address(address: str | None) -> str:
+    """``address`` → ``$RAY_ADDRESS`` → ``"local"``."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> None:
+    """``ray.init`` once per process. A local instance gets the machine's cores (or ``num_cpus``) and a small
+    object store (its dashboard stays on: Ray Train's placement-group cleaner polls the state API it serves); an
+    existing cluster is joined as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = resolve_address(address)
+    if target.startswith(("http://", "https://")):
+        from protpeft.errors import ProtpeftError
+
+        raise ProtpeftError(
+            f"--address {target} is a dashboard (Jobs API) address; training joins a cluster by its GCS address "
+            "(HEAD:6379, auto or ray://HEAD:10001). To run on a remote cluster through the Jobs API use "
+            "`protpeft submit --address http://HEAD:8265 -- train ...`"
+        )
+    common = {"logging_level": logging.WARNING if quiet else logging.INFO, "log_to_driver": True}
+    if target == "local":
+        for key, value in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            **common,
+        )
+    else:
+        ray.init(address=target, **common)

@@ -1,0 +1,385 @@
+"""``run-many``: several training runs launched on the cluster at once, each with its own resources.
+
+JOBS.yaml is one of::
+
+    # a list of jobs (or a mapping with `jobs:` plus defaults for all of them)
+    output: runs/compare            # where summary.json / summary.md go (default: the first job's output_dir)
+    set: [optim.max_steps=200]      # overrides for every job, before each job's own
+    resources: {CPU: 1}             # per-worker resources for every job, unless a job says otherwise
+    jobs:
+      - {name: ppi-lora, config: configs/paper/ppi_lora.yaml, set: [optim.lr=3e-4], resources: {GPU: 0.25}}
+      - {name: ppi-frozen, config: configs/paper/ppi_frozen.yaml}
+
+    # or a base config times a grid of overrides (every combination is a job)
+    base: configs/paper/ppi_lora.yaml
+    grid: {mode: [lora, frozen, full], optim.lr: [1.0e-3, 3.0e-4]}
+    set: [...]
+    resources: {CPU: 1, GPU: 0.25}
+
+``resources`` are per training worker: ``CPU`` and ``GPU`` become ``engine.cpus_per_worker`` and
+``engine.gpus_per_worker`` (fractions pack several jobs on one GPU); ``engine.workers`` comes from the config or
+``set``. Config paths are relative to the current directory, as for ``protpeft train``.
+
+Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
+cluster for the job's workers, so what does not fit waits in Ray's queue. A small actor collects progress (state
+from the drivers, step and metrics from each run's rank-0 logger) for the live table. A failing job is recorded as
+FAILED with its error on one line; the others carry on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protpeft.config import RunConfig, load_config
+from protpeft.errors import ConfigError
+from protpeft.tracking import MultiLogger, NullLogger
+
+__all__ = ["Job", "load_jobs", "run_many", "summary_rows", "write_summary"]
+
+TERMINAL = ("FINISHED", "FAILED")
+RESOURCE_KEYS = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}
+
+
+@dataclass
+class Job:
+    name: str
+    cfg: RunConfig
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JOBS.yaml
+
+
+def _overrides_of(entry: dict[str, Any], where: str) -> list[str]:
+    items = entry.get("set") or []
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{where}: 'set' must be a list of key=value strings")
+    return list(items)
+
+
+def _resource_overrides(resources: Any, where: str) -> list[str]:
+    if resources is None:
+        return []
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}: 'resources' must be a mapping like {{CPU: 1, GPU: 0.25}}")
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unsupported resources {unknown}; use CPU and GPU (per worker)")
+    return [f"{RESOURCE_KEYS[k]}={v}" for k, v in resources.items()]
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(value))
+
+
+def _grid_jobs(spec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{where}: 'grid' must map config keys to non-empty lists of values")
+    base_name = load_config(spec["base"]).name if spec.get("base") else "run"
+    jobs = []
+    for combo in itertools.product(*grid.values()):
+        pairs = list(zip(grid, combo, strict=True))
+        suffix = "-".join(f"{key.split('.')[-1]}={_slug(value)}" for key, value in pairs)
+        sets = [f"{key}={json.dumps(value) if isinstance(value, list | dict) else value}" for key, value in pairs]
+        jobs.append(
+            {"name": f"{base_name}-{suffix}" if suffix else base_name, "config": spec.get("base"), "set": sets}
+        )
+    return jobs
+
+
+def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
+    """Parse and validate a JOBS spec (a YAML path or its loaded content) → (jobs, output directory).
+
+    Raises:
+        ConfigError: unreadable file, unknown keys, invalid job configs (named by job), or duplicate job names.
+    """
+    where = "<jobs>"
+    if isinstance(spec, str | Path):
+        where = str(spec)
+        try:
+            spec = yaml.safe_load(Path(spec).read_text())
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot read the jobs file ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: invalid YAML ({err})") from None
+    if isinstance(spec, list):
+        spec = {"jobs": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a list of jobs or a mapping with 'jobs' or 'base' + 'grid'")
+    unknown = sorted(set(spec) - {"jobs", "base", "grid", "set", "resources", "output"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}")
+    if "jobs" in spec and "base" in spec:
+        raise ConfigError(f"{where}: give either 'jobs' or 'base' + 'grid', not both")
+    entries = spec.get("jobs") if "jobs" in spec else _grid_jobs(spec, where)
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: no jobs")
+    common_set = _overrides_of(spec, where)
+    jobs: list[Job] = []
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: job {i} must be a mapping with name, config, set, resources")
+        bad = sorted(set(entry) - {"name", "config", "set", "resources"})
+        if bad:
+            raise ConfigError(f"{where}: job {entry.get('name', i)}: unknown keys {bad}")
+        label = f"{where}: job {entry.get('name', i)}"
+        resources = entry.get("resources", spec.get("resources"))
+        overrides = common_set + _overrides_of(entry, label) + _resource_overrides(resources, label)
+        if entry.get("name"):
+            overrides.append(f"name={entry['name']}")
+        try:
+            cfg = load_config(entry.get("config"), overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err}") from None
+        jobs.append(Job(cfg.name, cfg, dict(resources or {})))
+    names = [job.name for job in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: job names must be unique (they name the run directories): {duplicates}")
+    output = Path(spec["output"]) if spec.get("output") else jobs[0].cfg.output_dir
+    return jobs, output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# progress: an actor the drivers and the rank-0 loggers write to, and the table that shows it
+
+
+class ProgressBoard:
+    """Latest state, step and metrics of every job (a Ray actor with no resources)."""
+
+    def __init__(self, jobs: list[tuple[str, str]]) -> None:
+        self.rows = {
+            name: {"job": name, "mode": mode, "state": "PENDING", "step": 0, "metric": None} for name, mode in jobs
+        }
+
+    def update(self, name: str, **values: Any) -> None:
+        row = self.rows[name]
+        if row["state"] in TERMINAL and values.get("state") not in TERMINAL:
+            return  # a late progress message never reopens an ended job
+        row.update({k: v for k, v in values.items() if v is not None})
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.rows.values()]
+
+
+class BoardLogger(NullLogger):
+    """A MetricLogger (in the job's rank-0 worker) that forwards step and the headline metric to the board."""
+
+    def __init__(self, board: Any, name: str, metric: str) -> None:
+        self.board, self.name, self.metric = board, name, metric
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        shown = None
+        if self.metric in metrics:
+            shown = f"{self.metric} {metrics[self.metric]:.4f}"
+        elif "train_loss" in metrics:
+            shown = f"train_loss {metrics['train_loss']:.4f}"
+        self.board.update.remote(self.name, state="RUNNING", step=step, metric=shown)
+
+
+class _JobLoggerFactory:
+    """Picklable: in the rank-0 worker, the job's own tracking logger (if any) plus the board logger."""
+
+    def __init__(self, inner: Callable[[], Any] | None, board: Any, name: str, metric: str) -> None:
+        self.inner, self.board, self.name, self.metric = inner, board, name, metric
+
+    def __call__(self) -> Any:
+        board_logger = BoardLogger(self.board, self.name, self.metric)
+        return MultiLogger(self.inner(), board_logger) if self.inner is not None else board_logger
+
+
+def _drive_job(config: dict[str, Any], name: str, board: Any, inner_factory: Any) -> dict[str, Any]:
+    """One job's driver (a Ray task): launch its training and report its end state; never raises."""
+    from protpeft.trainer.ray_launch import launch_training, root_cause
+
+    cfg = RunConfig.model_validate(config)
+    board.update.remote(name, state="STARTING")
+    factory = _JobLoggerFactory(inner_factory, board, name, cfg.engine.checkpoint_metric)
+    try:
+        summary = launch_training(cfg, logger_factory=factory)
+        summary.update(state="FINISHED", error=None)
+    except Exception as err:  # one failing job must not stop the others
+        summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
+    board.update.remote(name, state=summary["state"], step=summary.get("steps"))
+    return summary
+
+
+def _progress_table(rows: list[dict[str, Any]], elapsed: float):
+    from rich.table import Table
+
+    colours = {"FINISHED": "green", "FAILED": "red", "RUNNING": "cyan", "STARTING": "yellow", "PENDING": "dim"}
+    table = Table(title=f"run-many — {elapsed:.0f}s")
+    for column in ("job", "mode", "state", "step", "metric"):
+        table.add_column(column, justify="right" if column == "step" else "left")
+    for row in rows:
+        state = row["state"]
+        table.add_row(
+            row["job"],
+            row["mode"],
+            f"[{colours.get(state, 'white')}]{state}[/]",
+            str(row["step"] or 0),
+            row.get("metric") or "",
+        )
+    return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# summary
+
+
+def summary_rows(jobs: list[Job], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per job: mode, trainable params, peak memory, time, val/test AUPR, state, error."""
+    rows = []
+    for job in jobs:
+        res = results.get(job.name, {"state": "FAILED", "error": "no result"})
+        metrics, params = res.get("metrics") or {}, res.get("params") or {}
+        rows.append(
+            {
+                "job": job.name,
+                "mode": job.cfg.mode,
+                "task": job.cfg.task,
+                "state": res.get("state"),
+                "trainable_params": params.get("trainable"),
+                "total_params": params.get("total"),
+                "peak_memory_mb": res.get("peak_memory_mb"),
+                "seconds": res.get("seconds"),
+                "steps": res.get("steps"),
+                "val_aupr": metrics.get("val_aupr"),
+                "test_aupr": metrics.get("test_aupr"),
+                "workers": job.cfg.engine.workers,
+                "resources": job.resources,
+                "run_dir": res.get("run_dir"),
+                "error": res.get("error"),
+                "metrics": metrics,
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "—"
+    return format(value, spec) if spec else str(value)
+
+
+COLUMNS = (
+    ("job", "job", ""),
+    ("mode", "mode", ""),
+    ("trainable", "trainable_params", ","),
+    ("peak MB", "peak_memory_mb", ".0f"),
+    ("time s", "seconds", ".1f"),
+    ("val AUPR", "val_aupr", ".4f"),
+    ("test AUPR", "test_aupr", ".4f"),
+    ("state", "state", ""),
+)
+
+
+def write_summary(rows: list[dict[str, Any]], output: Path) -> tuple[Path, Path]:
+    """``summary.json`` (every field) and ``summary.md`` (the comparison table) in ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output / "summary.json", output / "summary.md"
+    json_path.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    lines = ["| " + " | ".join(title for title, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(key), spec) for _, key, spec in COLUMNS) + " |")
+    failed = [row for row in rows if row.get("error")]
+    if failed:
+        lines += ["", *(f"- {row['job']}: {row['error']}" for row in failed)]
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
+
+
+def summary_table(rows: list[dict[str, Any]]):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="run-many summary", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for title, key, _ in COLUMNS:  # numbers and states never wrap; a long job name folds
+        justify = "left" if key in ("job", "mode", "state") else "right"
+        table.add_column(
+            title, justify=justify, no_wrap=key != "job", overflow="fold", min_width=8 if key == "job" else None
+        )
+    for row in rows:
+        table.add_row(*(_fmt(row.get(key), spec) for _, key, spec in COLUMNS))
+    return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# run-many
+
+
+def run_many(
+    jobs_file_or_spec: str | Path | dict | list,
+    *,
+    address: str | None = None,
+    tracking: Callable[[RunConfig], Any] | None = None,
+    output: str | Path | None = None,
+    console: Any = None,
+    refresh_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Launch every job at once, show a live table until all end, write and return the summary rows.
+
+    Args:
+        jobs_file_or_spec: JOBS.yaml path, or its content as a list / mapping.
+        address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
+        tracking: ``cfg -> logger_factory`` (or None) for each job, e.g. MLflow.
+        output: where ``summary.json`` and ``summary.md`` go (default: the spec's ``output``).
+        console: a Rich console for the tables (default stdout).
+    """
+    import ray
+    from rich.console import Console
+    from rich.live import Live
+    from rich.markup import escape
+
+    from protpeft.trainer.ray_cluster import connect
+    from protpeft.trainer.ray_launch import absolute_paths, root_cause
+
+    jobs, default_output = load_jobs(jobs_file_or_spec)
+    output = Path(output or default_output)
+    console = console or Console()
+    connect(address)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote([(job.name, job.cfg.mode) for job in jobs])
+    driver = ray.remote(num_cpus=0, max_retries=0)(_drive_job)
+    refs = {}
+    for job in jobs:
+        cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
+        factory = tracking(cfg) if tracking is not None else None
+        refs[driver.options(name=f"run-many:{job.name}").remote(cfg.to_dict(), job.name, board, factory)] = job
+
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    pending = list(refs)
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=refresh_s)
+            for ref in done:
+                job = refs[ref]
+                try:
+                    results[job.name] = ray.get(ref)
+                except Exception as err:  # the driver task itself died
+                    results[job.name] = {"state": "FAILED", "error": root_cause(err)}
+                    board.update.remote(job.name, state="FAILED")
+            live.update(_progress_table(ray.get(board.snapshot.remote()), time.perf_counter() - started))
+    ray.kill(board)
+    rows = summary_rows(jobs, results)
+    write_summary(rows, output)
+    console.print()
+    console.print(summary_table(rows))
+    for row in rows:
+        if row.get("error"):
+            console.print(f"[red]{escape(row['job'])}[/]: {escape(row['error'])}", highlight=False, soft_wrap=True)
+    console.print(f"summary: {output / 'summary.md'}", highlight=False)
+    return rows
