@@ -31,9 +31,15 @@ $(DEMO)/symmetry/symmetry.tsv: | install
 
 demo-data: $(DEMO)/tiny-esm2/config.json $(DEMO)/ppi/pairs.tsv $(DEMO)/symmetry/symmetry.tsv
 
+# The three modes side by side on Ray (run-many), the best registered as demo-ppi@champion in the embedded MLflow
+# store (./mlflow.db), then pulled by name in a fresh process to predict a few held-out pairs.
 demo: install demo-data
 	protpeft data check --pairs $(DEMO)/ppi/pairs.tsv --sequences $(DEMO)/ppi/sequences.fasta
-	for mode in frozen lora full; do protpeft train configs/demo/ppi_$$mode.yaml --local || exit 1; done
+	protpeft run-many configs/demo/jobs.yaml --register-as demo-ppi --alias champion
+	awk -F'\t' 'NR == 1 || ($$4 == "test" && n[$$3]++ < 3)' $(DEMO)/ppi/pairs.tsv > $(DEMO)/few-pairs.tsv
+	protpeft predict demo-ppi@champion --pairs $(DEMO)/few-pairs.tsv --sequences $(DEMO)/ppi/sequences.fasta \
+		--out $(DEMO)/few-predictions.tsv
+	column -t $(DEMO)/few-predictions.tsv
 
 test: install
 	$(PY) -m pytest -q

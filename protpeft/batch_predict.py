@@ -1,14 +1,66 @@
-"""Offline prediction from files to a TSV: pairs (PPI) or single sequences (symmetry)."""
+"""Offline prediction from files to a TSV: pairs (PPI) or single sequences (symmetry), with a progress bar.
+
+(Across a Ray cluster: :mod:`protpeft.deploy.batch`, which reuses these readers, writer and chunked prediction.)
+"""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from protpeft.errors import ProtpeftError
 from protpeft.predict import Predictor
 
-__all__ = ["predict_files", "read_prediction_inputs", "write_predictions"]
+__all__ = ["predict_examples", "predict_files", "progress_bar", "read_prediction_inputs", "write_predictions"]
+
+CHUNK_BATCHES = 8
+"""Batches per progress step: small enough to move the bar, large enough to keep length-sorted batches full."""
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on stderr (stdout stays for results); yields ``advance(n)``. Disabled: a no-op."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def predict_examples(
+    predictor: Predictor, examples: Sequence[tuple[str, ...]], batch_size: int = 16, progress: bool = False
+) -> np.ndarray:
+    """Probabilities for examples (tuples of member sequences: pairs for PPI, 1-tuples for symmetry), predicted in
+    length-sorted chunks so that a progress bar can follow; order kept."""
+
+    def run(part: Sequence[tuple[str, ...]]) -> np.ndarray:
+        if predictor.task == "ppi":
+            return predictor.predict(pairs=part, batch_size=batch_size)
+        return predictor.predict(sequences=[e[0] for e in part], batch_size=batch_size)
+
+    if not examples:
+        return run(examples)
+    order = sorted(range(len(examples)), key=lambda i: max(len(s) for s in examples[i]))
+    chunk = batch_size * CHUNK_BATCHES
+    out: np.ndarray | None = None
+    with progress_bar(len(examples), "predicting", enabled=progress) as advance:
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            probs = run([examples[i] for i in idx])
+            if out is None:
+                out = np.empty((len(examples), *probs.shape[1:]), dtype=probs.dtype)
+            out[idx] = probs
+            advance(len(idx))
+    return out
 
 
 def read_prediction_inputs(
@@ -57,11 +109,9 @@ def predict_files(
     sequences: Path | None = None,
     fasta: Path | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> int:
     ids, seqs, labels = read_prediction_inputs(predictor.task, pairs, sequences, fasta)
-    if predictor.task == "ppi":
-        probs = predictor.predict(pairs=seqs, batch_size=batch_size)
-    else:
-        probs = predictor.predict(sequences=[s[0] for s in seqs], batch_size=batch_size)
+    probs = predict_examples(predictor, seqs, batch_size, progress=progress)
     write_predictions(out, predictor, ids, probs, labels)
     return len(ids)

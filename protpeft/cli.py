@@ -25,7 +25,8 @@ model_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
-console = Console()
+# Tables stay readable when output goes to a file or `make`'s log (Rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 # Shared option types
@@ -169,11 +170,22 @@ def predict(
     input_: Annotated[Path | None, typer.Option("--input", help="FASTA of single sequences (symmetry).")] = None,
     batch_size: int = 16,
     base: Annotated[str | None, typer.Option(help="Base model location override.")] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Predict as Ray tasks over chunks of the input (local Ray, or --address).")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster for --ray (implies it), e.g. auto or HEAD:6379.")
+    ] = None,
 ) -> None:
     """Predict interaction probabilities for pairs, or symmetry classes for sequences, into a TSV."""
-    from protpeft.batch_predict import predict_files
+    if ray or address:
+        from protpeft.deploy.batch import predict_files_on_ray
 
-    n = predict_files(load_predictor(model, base), out, pairs, sequences, input_, batch_size)
+        n = predict_files_on_ray(model, out, pairs, sequences, input_, batch_size, base=base, address=address)
+    else:
+        from protpeft.batch_predict import predict_files
+
+        n = predict_files(load_predictor(model, base), out, pairs, sequences, input_, batch_size, progress=True)
     console.print(f"wrote {n} predictions to {out}")
 
 
@@ -272,10 +284,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as err:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # usage errors (missing argument, bad option) from the click that typer bundles: duck-typed, since typer
+        # ships its own copy of click whose exception classes are not click's
+        if hasattr(err, "show") and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
         raise

@@ -216,6 +216,9 @@ def _yaml_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     return yaml.load(text, Loader=_LineLoader), lines
 
 
+_YAML11_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``'optim.lr=3e-4'`` → (``['optim', 'lr']``, 0.0003); the value is parsed as YAML (numbers, lists, null)."""
     if "=" not in item:
@@ -224,6 +227,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {item!r} has an empty key")
+    if raw.strip().lower() in _YAML11_BOOL_WORDS:
+        return keys, raw.strip()  # `name=off` is a name, not False; booleans are written true / false
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:

@@ -24,6 +24,9 @@ class InputError(ProtpeftError):
         self.problem = problem
         super().__init__(self.location + ": " + problem)
 
+    def __reduce__(self):  # picklable across Ray workers despite the custom __init__
+        return (type(self), (self.path, self.line, self.problem))
+
     @property
     def location(self) -> str:
         return f"{self.path}:{self.line}" if self.line is not None else self.path
@@ -39,6 +42,9 @@ class InputErrors(ProtpeftError):
         if more > 0:
             shown.append(f"... and {more} more errors")
         super().__init__("\n".join(shown))
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))
 
 
 class ConfigError(ProtpeftError):

@@ -12,7 +12,7 @@ import torch
 from protpeft.artifact import ArtifactError, check_artifact_files, read_head
 from protpeft.data.alphabet import first_bad_letter, normalize_sequence
 from protpeft.data.tokens import TokenEncoder
-from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer
+from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer, quiet_hf
 from protpeft.models.classifier import ClassificationHead, ProteinClassifier, ProteinEncoder
 from protpeft.tasks import TASKS
 
@@ -85,7 +85,8 @@ class Predictor:
         if mode == "lora":
             from peft import PeftModel
 
-            backbone = PeftModel.from_pretrained(backbone, run_dir)
+            with quiet_hf():
+                backbone = PeftModel.from_pretrained(backbone, run_dir)
         tokenizer = load_tokenizer(str(run_dir / "backbone") if mode == "full" else base)
         tokens = TokenEncoder(tokenizer, crop=int(meta["crop"]))
         spec = TASKS[meta["task"]]

@@ -39,6 +39,10 @@ ARTIFACT_DIR = "mlartifacts"
 _SERVER_SCHEMES = ("http", "https", "databricks", "uc")
 _created: set[str] = set()  # stores this process has already opened once
 
+# MLflow draws a progress bar for every artefact download and sends usage telemetry; a user can turn either back on.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 def project_dir() -> Path:
     """``$PROTPEFT_HOME`` or the current working directory, absolute."""

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from protpeft.errors import ProtpeftError
+
 __all__ = ["register"]
 
 ClusterOpt = Annotated[
@@ -58,6 +60,11 @@ def run_many_command(
     output: Annotated[
         Path | None, typer.Option(help="Where summary.json / summary.md go (default: from JOBS).")
     ] = None,
+    register_as: Annotated[
+        str | None, typer.Option(help="Register the best finished job (by --metric) under this model name.")
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
+    metric: Annotated[str, typer.Option(help="Final metric that picks the best job (higher is better).")] = "val_aupr",
 ) -> None:
     """Launch every job of JOBS.yaml on the cluster at once (each with its own resources; what does not fit
     waits), show a live table, and write a summary. Exits 1 when a job failed.
@@ -68,6 +75,15 @@ def run_many_command(
 
     console, _ = _consoles()
     rows = run_many(jobs, address=address, tracking=_tracking, output=output, console=console)
+    if register_as:
+        from protpeft.registry import register_run
+        from protpeft.trainer.run_many import best_row
+
+        best = best_row(rows, metric)
+        if best is None:
+            raise ProtpeftError(f"no finished job reported {metric}; nothing registered")
+        version = register_run(best["run_dir"], register_as, alias=alias, mlflow_run_id=best["mlflow_run_id"])
+        console.print(f"registered best job {best['job']} ({metric} {best['metrics'][metric]:.4f}) as {version}")
     if any(row["state"] != "FINISHED" for row in rows):
         raise typer.Exit(1)
 

@@ -20,6 +20,8 @@ LOCAL_OBJECT_STORE_BYTES = 1 << 30
 LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one machine: no node can be preempted; saves an actor per run
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # Ray's 2 s poll delays every checkpoint's registration
+    # run-many / tune queue jobs that do not fit yet: their worker groups wait for resources, not 60 s then fail
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400",
 }
 """Ray Train settings for a local instance (its processes inherit this environment); a variable already set wins."""
 

@@ -14,6 +14,7 @@ run's old Ray storage (Ray Train V2 would otherwise silently resume from it).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from contextlib import nullcontext
@@ -85,6 +86,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from protpeft.trainer.run import run_training
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint in the user's console
     cfg = RunConfig.model_validate(config["config"])
     ctx = WorkerContext.from_process_group(get_device())
     factory = config.get("logger_factory")

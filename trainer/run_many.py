@@ -214,6 +214,7 @@ def _drive_job(config: dict[str, Any], name: str, board: Any, inner_factory: Any
     except Exception as err:  # one failing job must not stop the others
         summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
     board.update.remote(name, state=summary["state"], step=summary.get("steps"))
+    summary["mlflow_run_id"] = getattr(inner_factory, "run_id", None)
     return summary
 
 
@@ -263,10 +264,20 @@ def summary_rows(jobs: list[Job], results: dict[str, dict[str, Any]]) -> list[di
                 "resources": job.resources,
                 "run_dir": res.get("run_dir"),
                 "error": res.get("error"),
+                "mlflow_run_id": res.get("mlflow_run_id"),
                 "metrics": metrics,
             }
         )
     return rows
+
+
+def best_row(rows: list[dict[str, Any]], metric: str = "val_aupr", mode: str = "max") -> dict[str, Any] | None:
+    """The finished job with the best final ``metric`` (None when no job finished with it)."""
+    scored = [r for r in rows if r["state"] == "FINISHED" and r["metrics"].get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda r: r["metrics"][metric])
 
 
 def _fmt(value: Any, spec: str = "") -> str:

@@ -6,9 +6,12 @@ config built here goes through :func:`esm2_config`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "init_tiny",
     "load_backbone",
     "load_tokenizer",
+    "quiet_hf",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,12 +142,10 @@ def load_backbone(base: str, dtype: torch.dtype | None = None) -> nn.Module:
     Works on the hub's ``EsmForMaskedLM`` checkpoints and on plain ``EsmModel`` directories alike.
     """
     from transformers import EsmModel
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the MLM head's unused weights are expected, not a warning for users
     try:
-        model = EsmModel.from_pretrained(base, add_pooling_layer=False, dtype=dtype)
+        with quiet_hf():
+            model = EsmModel.from_pretrained(base, add_pooling_layer=False, dtype=dtype)
     except OSError as err:
         from protpeft.errors import ProtpeftError
 
@@ -151,10 +153,28 @@ def load_backbone(base: str, dtype: torch.dtype | None = None) -> nn.Module:
             f"cannot load backbone {base!r}: {err}. Give a local directory (see `protpeft model init-tiny`) or a "
             "hub id that is cached or reachable."
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     _drop_contact_head(model)
     return model
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Hugging Face loading without its per-file progress bars, the expected "unused MLM head weights" report and
+    peft's FutureWarning about a transformers rename: none of them is actionable for a protpeft user."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _drop_contact_head(model: nn.Module) -> None:
@@ -187,7 +207,8 @@ def init_tiny(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = EsmForMaskedLM(esm2_config(layers, hidden, heads, intermediate))
-    model.save_pretrained(out)
+    with quiet_hf():
+        model.save_pretrained(out)
     vocab = out / "vocab.txt"
     vocab.write_text("\n".join(ESM_VOCAB) + "\n")
     EsmTokenizer(vocab_file=str(vocab)).save_pretrained(out)

@@ -50,12 +50,11 @@ def apply_mode(backbone: nn.Module, mode: Literal["full", "lora", "frozen"], lor
     if mode == "full":
         return backbone.requires_grad_(True)
     if mode == "lora":
-        import warnings
-
         import peft
 
-        with warnings.catch_warnings():  # peft calls a transformers API that warns about its own rename
-            warnings.simplefilter("ignore", FutureWarning)
+        from protpeft.models.backbone import quiet_hf
+
+        with quiet_hf():
             wrapped = peft.get_peft_model(backbone, peft_lora_config(lora, backbone.config.num_hidden_layers))
         for name, param in wrapped.named_parameters():  # peft freezes the base; keep it that way, adapters only
             param.requires_grad_("lora_" in name)

@@ -75,3 +75,8 @@ def test_synth_and_init_tiny_commands(tmp_path: Path) -> None:
     assert (tmp_path / "s" / "symmetry.tsv").is_file()
     out = run("model", "init-tiny", str(tmp_path / "m"), "--layers", "2", "--hidden", "32")
     assert out.returncode == 0 and (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_usage_errors_are_one_line_without_traceback() -> None:
+    out = run("train")
+    assert out.returncode == 2 and "Missing argument" in out.stderr and "Traceback" not in out.stderr

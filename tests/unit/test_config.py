@@ -74,3 +74,8 @@ def test_flatten_config_for_tracking() -> None:
 def test_every_shipped_config_is_valid(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.name and cfg.mode in path.stem and cfg.task in path.stem
+
+
+def test_yaml11_boolean_words_stay_strings_in_overrides() -> None:
+    assert parse_override("name=off") == (["name"], "off")
+    assert parse_override("data.bucket_by_length=false") == (["data", "bucket_by_length"], False)
