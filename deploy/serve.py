@@ -1,0 +1,126 @@
+"""Start and stop the Serve application: ``protpeft serve NAME@alias [NAME@alias ...]``.
+
+References are resolved against the registry before Ray starts, so a typo fails in a second with the registry's
+message (which lists what exists). A local Ray instance is started unless ``--address`` (or ``$RAY_ADDRESS``) names
+a cluster; the call blocks until Ctrl-C or SIGTERM, then shuts Serve down (on a cluster: deletes only this
+application). Ray and torch are imported inside the function, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from protpeft.errors import ProtpeftError
+
+__all__ = ["ServerInfo", "serve_models"]
+
+FORWARDED_ENV = ("PROTPEFT_BASE_MODEL_DIR", "HF_HUB_OFFLINE", "HF_HOME", "MLFLOW_DISABLE_TELEMETRY")
+"""Variables a replica needs as the driver sees them (replicas on a cluster do not inherit the driver's env)."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    models: list[dict[str, Any]]
+    """name, ref, version, mode of each served model."""
+
+
+def serve_models(
+    refs: Sequence[str],
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    base: str | None = None,
+    poll_seconds: float | None = None,
+    limits: Any = None,
+    num_cpus: float = 1.0,
+    max_batch_size: int = 8,
+    on_ready: Callable[[ServerInfo], None] | None = None,
+) -> None:
+    """Serve ``refs`` over HTTP on ``host:port`` until interrupted.
+
+    Raises:
+        RegistryError: a reference does not resolve (before anything starts).
+        ProtpeftError: two references of one name, a dashboard URL as ``address``, or the application failed to
+            start (its replica's error is in the message).
+    """
+    from protpeft.registry import get_version, parse_ref, tracking_uri
+
+    from .schemas import Limits
+
+    parsed = [parse_ref(r) for r in refs]
+    if not parsed:
+        raise ProtpeftError("name at least one registered model to serve, e.g. `protpeft serve ppi-lora@champion`")
+    names = [r.name for r in parsed]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ProtpeftError(f"{', '.join(twice)}: serve each registered model once (models are addressed by name)")
+    if address and address.startswith(("http://", "https://")):
+        raise ProtpeftError(f"--address {address} is a dashboard URL; Serve joins a cluster by its GCS address "
+                            "(HEAD:6379 or auto)")  # fmt: skip
+    uri = tracking_uri()
+    versions = [get_version(r, uri) for r in parsed]  # fail fast, before Ray, with the registry's message
+
+    import ray
+    from ray import serve
+
+    from protpeft.trainer.ray_cluster import connect, resolve_address
+
+    from .app import APP_NAME, ServeSettings, build_app
+
+    settings = ServeSettings(refs=tuple(str(r) for r in parsed), tracking_uri=uri, base=base, workdir=os.getcwd(),
+                             limits=limits or Limits(), poll_seconds=poll_seconds,
+                             max_batch_size=max_batch_size)  # fmt: skip
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ} | {"MLFLOW_TRACKING_URI": uri}
+    started = not ray.is_initialized() and resolve_address(address) == "local"
+    connect(address)
+    stop = _StopOnSignal()
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        try:
+            serve.run(build_app(settings, num_cpus=num_cpus, env_vars=env), name=APP_NAME, route_prefix="/")
+        except RuntimeError as err:
+            raise ProtpeftError(f"the Serve application failed to start: {err}") from None
+        if on_ready is not None:
+            served = [{"name": v.name, "ref": str(r), "version": v.version, "mode": v.mode}
+                      for r, v in zip(parsed, versions, strict=True)]  # fmt: skip
+            on_ready(ServerInfo(f"http://{host}:{port}", served))
+        stop.wait()
+    except KeyboardInterrupt:  # Ctrl-C while starting: stop as cleanly as once running
+        pass
+    finally:
+        stop.restore()
+        if started:  # our own local instance: all of it goes
+            serve.shutdown()
+            ray.shutdown()
+        else:  # a cluster (or the caller's Ray) keeps running, without this application
+            serve.delete(APP_NAME)
+
+
+class _StopOnSignal:
+    """SIGINT (Ctrl-C) and SIGTERM both stop cleanly; SIGINT is installed explicitly because a shell starts
+    background jobs (``protpeft serve … &``) with it ignored."""
+
+    def __init__(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def wait(self) -> None:
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
