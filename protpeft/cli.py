@@ -163,7 +163,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="A run directory (or a registered NAME@alias once a registry exists).")],
+    model: Annotated[
+        str, typer.Argument(help="A run directory, or a registered model: NAME@ALIAS, NAME/VERSION or NAME (latest).")
+    ],
     out: Annotated[Path, typer.Option(help="Output TSV.")],
     pairs: Annotated[Path | None, typer.Option(help="PPI pairs (either layout); labels optional.")] = None,
     sequences: Annotated[Path | None, typer.Option(help="FASTA with the sequences the pairs name.")] = None,
@@ -275,7 +277,7 @@ _add_subapps()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n in this mode
     except ProtpeftError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -291,6 +293,8 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

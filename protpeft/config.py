@@ -281,6 +281,30 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", lines: dict 
         raise ConfigError(_format_validation_error(err, source, lines or {})) from None
 
 
+def read_yaml_mapping(path: str | Path, kind: str, expected: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """A YAML file holding a mapping (an empty file is ``{}``) and the line of each key.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML (with its line) or not a mapping (``expected`` says what is).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read {kind} ({err.strerror})") from None
+    try:
+        loaded, lines = _yaml_with_lines(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{source}:1: {expected}, got {type(loaded).__name__}")
+    return loaded, lines
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, validate.
 
@@ -295,21 +319,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"{source}: cannot read config ({err.strerror})") from None
-        try:
-            loaded, lines = _yaml_with_lines(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{source}:{mark.line + 1}" if mark else source
-            raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}:1: a config must be a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+        raw, lines = read_yaml_mapping(path, "config", "a config must be a mapping of sections")
     raw = apply_overrides(raw, overrides)
     return config_from_dict(raw, source, lines)
 

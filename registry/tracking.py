@@ -140,12 +140,20 @@ class MLflowLoggerFactory:
             mlflow_client.set_terminated(self.run_id, status)
 
 
-def logger_factory(cfg: RunConfig, tracking_uri: str | None = None) -> MLflowLoggerFactory:
-    """Create the MLflow run for ``cfg`` (store and experiment created when missing) and return its factory."""
+def logger_factory(
+    cfg: RunConfig, tracking_uri: str | None = None, *, parent_run_id: str | None = None, run_name: str | None = None
+) -> MLflowLoggerFactory:
+    """Create the MLflow run for ``cfg`` (store and experiment created when missing) and return its factory.
+
+    ``parent_run_id`` nests the run under that run (MLflow's ``mlflow.parentRunId`` tag; a Tune trial under its
+    experiment's run); ``run_name`` replaces ``cfg.name`` as the name shown in MLflow.
+    """
     uri = store.ensure_store(tracking_uri)
     mlflow_client = store.client(uri)
     experiment_id = store.ensure_experiment(mlflow_client, cfg.tracking.experiment)
     tags = {"task": cfg.task, "mode": cfg.mode, "base_model": cfg.model.base, "git_commit": git_commit(),
             "protpeft_version": protpeft.__version__, "run_name": cfg.name}  # fmt: skip
-    run = mlflow_client.create_run(experiment_id, run_name=cfg.name, tags=tags)
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id, run_name=run_name or cfg.name, tags=tags)
     return MLflowLoggerFactory(run.info.run_id, uri)

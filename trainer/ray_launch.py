@@ -193,8 +193,12 @@ def _prepare_storage(
     return storage, name, explicit
 
 
-def root_cause(err: BaseException) -> str:
-    """One line naming the innermost error of a Ray failure (worker exceptions arrive wrapped several times)."""
+def root_cause(err: BaseException | str) -> str:
+    """One line naming the innermost error of a Ray failure (worker exceptions arrive wrapped several times; Tune
+    may hand over just the error's text)."""
+    if not isinstance(err, BaseException):
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        return lines[-1] if lines else ""
     seen: set[int] = set()
     while id(err) not in seen:
         seen.add(id(err))
@@ -235,6 +239,45 @@ def _summary(cfg: RunConfig, result: Any, storage: Path, name: str) -> dict[str,
     return summary
 
 
+def build_trainer(
+    cfg: RunConfig,
+    storage: Path,
+    name: str,
+    logger_factory: Any = None,
+    resume_from: str | None = None,
+    callbacks: list[Any] | None = None,
+):
+    """The ``TorchTrainer`` of one run: :func:`train_worker` on ``engine.workers`` workers (gloo on CPU, nccl on
+    GPU), checkpoints kept and scored as the engine says, restarts after failures; Ray Train restores a run of the
+    same ``name`` under ``storage`` from its latest checkpoint. ``cfg`` must hold absolute paths. ``callbacks``:
+    Ray Train callbacks (a Tune trial passes Tune's report callback)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    engine = cfg.engine
+    use_gpu = engine.gpus_per_worker > 0
+    resources = {"CPU": engine.cpus_per_worker} | ({"GPU": engine.gpus_per_worker} if use_gpu else {})
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"config": cfg.to_dict(), "logger_factory": logger_factory, "resume_from": resume_from},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=engine.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=engine.keep_checkpoints,
+                checkpoint_score_attribute=engine.checkpoint_metric,
+                checkpoint_score_order=engine.checkpoint_mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=engine.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def launch_training(
     cfg: RunConfig,
     *,
@@ -261,39 +304,12 @@ def launch_training(
     Raises:
         TrainingFailed: the run failed after ``engine.max_failures`` restarts; the message is the root cause.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from protpeft.trainer.ray_cluster import connect
 
     cfg = absolute_paths(cfg)
     storage, name, explicit = _prepare_storage(cfg, resume, storage_path, run_name)
     connect(address)
-    engine = cfg.engine
-    use_gpu = engine.gpus_per_worker > 0
-    resources = {"CPU": engine.cpus_per_worker} | ({"GPU": engine.gpus_per_worker} if use_gpu else {})
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "logger_factory": logger_factory,
-            "resume_from": str(explicit) if explicit else None,
-        },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=engine.workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=engine.keep_checkpoints,
-                checkpoint_score_attribute=engine.checkpoint_metric,
-                checkpoint_score_order=engine.checkpoint_mode,
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=engine.max_failures),
-        ),
-    )
+    trainer = build_trainer(cfg, storage, name, logger_factory, str(explicit) if explicit else None)
     try:
         result = trainer.fit()
     except Exception as err:  # ray.train.WorkerGroupError / ControllerError wrap the worker's exception

@@ -36,7 +36,11 @@ def epoch_batches(
         rng.shuffle(order)
     if bucket:
         size = global_batch * megabatch
-        order = [i for start in range(0, len(order), size) for i in sorted(order[start : start + size], key=lengths.__getitem__)]
+        order = [
+            i
+            for start in range(0, len(order), size)
+            for i in sorted(order[start : start + size], key=lengths.__getitem__)
+        ]
     batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
     if drop_last and batches and len(batches[-1]) < global_batch:
         batches.pop()

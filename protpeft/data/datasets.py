@@ -82,7 +82,9 @@ def _split_names(
     if task != "ppi":
         raise InputError(source, None, "split.method by_protein applies to PPI pairs only")
     names, stats = split_pairs_by_protein(records, cfg.split.fractions, cfg.split.seed)
-    note = f"split by protein: kept {stats['kept']}, dropped {stats['dropped']} pairs whose proteins fell in two splits"
+    note = (
+        f"split by protein: kept {stats['kept']}, dropped {stats['dropped']} pairs whose proteins fell in two splits"
+    )
     return names, [note]
 
 

@@ -80,3 +80,28 @@ def test_synth_and_init_tiny_commands(tmp_path: Path) -> None:
 def test_usage_errors_are_one_line_without_traceback() -> None:
     out = run("train")
     assert out.returncode == 2 and "Missing argument" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_commands_exit_code_reaches_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run-many` with a failed job exits 1, an interrupted `tune` 130: typer.Exit(n) must not become 0."""
+    import typer
+
+    from protpeft import cli
+
+    small = typer.Typer()
+
+    @small.command()
+    def fails() -> None:
+        raise typer.Exit(3)
+
+    @small.command()
+    def works() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", small)
+    monkeypatch.setattr(sys, "argv", ["protpeft", "fails"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 3
+    monkeypatch.setattr(sys, "argv", ["protpeft", "works"])
+    cli.main()  # no SystemExit: exit status 0

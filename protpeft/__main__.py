@@ -1,0 +1,5 @@
+"""``python -m protpeft`` is the ``protpeft`` command."""
+
+from protpeft.cli import main
+
+main()

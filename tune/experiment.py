@@ -1,0 +1,461 @@
+"""``run_search``: a TUNE file as a Ray Tune experiment of Ray Train trials, tracked in MLflow, resumable.
+
+One experiment = one MLflow parent run (``protpeft.tune=experiment``) with every trial as a nested child run. The
+search algorithm is Ray Tune's ``BasicVariantGenerator`` (grid / random) or ``OptunaSearch`` behind a
+``ConcurrencyLimiter``; ASHA (optional) stops weak trials on the optimizer ``step`` that training reports (Tune's
+``training_iteration`` restarts at 0 when a trial resumes, the step does not). Concurrency is the TUNE file's
+``max_concurrent``, capped by how many trials' workers the cluster holds at once.
+
+An interrupted experiment (Ctrl+C, a killed driver) resumes with ``Tuner.restore(..., resume_unfinished=True)``:
+finished trials are kept as they are, unfinished ones restart and their Train runs continue from their last
+checkpoint. After the search ``trials.json`` holds one row per trial (see :func:`collect_trials`); the best finished
+trial can be registered, and the robustness report is written (:mod:`protpeft.tune.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from protpeft.errors import ProtpeftError
+from protpeft.tune.driver import DRIVER_RESOURCES, TRIAL_TAG, TrialContext, train_trial
+from protpeft.tune.space import SearchSpec, load_search, restore_search
+
+__all__ = ["ExperimentResult", "FinishingASHA", "TrialLedger", "collect_trials", "run_search", "trial_capacity"]
+
+SEARCH_FILE = "search.json"
+TRIALS_FILE = "trials.json"
+LEDGER_DIR = "ledger"
+"""Where :class:`TrialLedger` writes: not the experiment's top level, whose ``*.json`` files Tune downloads into its
+staging directory on restore and uploads again later, overwriting what was written meanwhile."""
+ENDS_FILE = f"{LEDGER_DIR}/trial_ends.json"
+SNAPSHOT_FILE = f"{LEDGER_DIR}/trial_snapshot.json"
+ATTEMPTS_FILE = "attempts.jsonl"
+TUNER_FILE = "tuner.pkl"
+FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED = "FINISHED", "STOPPED", "FAILED", "PENDING", "INTERRUPTED"
+"""Trial states in trials.json: trained to the end; stopped early by ASHA; failed; not started; cut off by an
+interruption (resumed by ``--resume``)."""
+
+
+@dataclass
+class ExperimentResult:
+    experiment_dir: Path
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    interrupted: bool
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    registered: str | None = None
+    """``name/version`` of the registered best trial."""
+    report: Path | None = None
+    """The Markdown report (None while the experiment is unfinished)."""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def trials_file(self) -> Path:
+        return self.experiment_dir / TRIALS_FILE
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+# --------------------------------------------------------------------------------------------------------------
+# how trials ended
+
+
+class TrialLedger(Callback):
+    """Records in the experiment directory how each trial ended and, at the end of a (possibly interrupted) run,
+    a snapshot of every trial. Tune reports the trials an interruption cut off as TERMINATED, like finished ones;
+    only ``on_trial_complete`` (which an interruption does not call) tells them apart. Files, not attributes: on
+    resume Tune restores this callback from its own pickle."""
+
+    def __init__(self, experiment_dir: str) -> None:
+        self.dir = Path(experiment_dir)
+
+    def _end(self, trial, how: str) -> None:
+        ends = _read_json(self.dir / ENDS_FILE, {})
+        ends[trial.trial_id] = how
+        _write_json(self.dir / ENDS_FILE, ends)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, "complete")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, "error")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        from protpeft.trainer.ray_launch import root_cause
+
+        snapshot = []
+        for trial in trials:
+            error = trial.get_error() if trial.status == "ERROR" else None
+            snapshot.append(
+                {
+                    "trial_id": trial.trial_id,
+                    "status": trial.status,
+                    "config": dict(trial.config),
+                    "last_result": dict(trial.last_result or {}),
+                    "error": root_cause(error) if error is not None else None,
+                }
+            )
+        _write_json(self.dir / SNAPSHOT_FILE, snapshot)
+
+
+def _state(status: str, end: str | None, last: dict[str, Any]) -> str:
+    if end == "error" or status == "ERROR":
+        return FAILED
+    if "run_dir" in last:  # only the report after a complete run carries it
+        return FINISHED
+    if end == "complete":
+        return STOPPED
+    return PENDING if status == "PENDING" and not last else INTERRUPTED
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def collect_trials(experiment_dir: Path, search: SearchSpec) -> list[dict[str, Any]]:
+    """One row per trial: ``trial_id``, ``state``, ``mode``, ``config`` (the searched keys' values), ``metrics``
+    (final val + test for finished trials, the last reported val for the others), ``steps``,
+    ``embedded_sequences``, ``run_dir``, ``mlflow_run_id``, ``seconds``, ``trainable_params``, ``attempts``,
+    ``error``."""
+    ends = _read_json(experiment_dir / ENDS_FILE, {})
+    attempts: dict[str, int] = {}
+    attempts_file = experiment_dir / ATTEMPTS_FILE
+    if attempts_file.is_file():
+        for line in attempts_file.read_text().splitlines():
+            if line.strip():
+                tid = json.loads(line)["trial_id"]
+                attempts[tid] = attempts.get(tid, 0) + 1
+    rows = []
+    for snap in sorted(_read_json(experiment_dir / SNAPSHOT_FILE, []), key=lambda s: s["trial_id"]):
+        last, tid = snap["last_result"], snap["trial_id"]
+        values = search.decode(snap["config"])
+        state = _state(snap["status"], ends.get(tid), last)
+        rows.append(
+            {
+                "trial_id": tid,
+                "state": state,
+                "mode": search.trial_config(values).mode,
+                "config": values,
+                "metrics": {k: v for k, v in sorted(last.items()) if k.startswith(("val_", "test_")) and _number(v)},
+                "steps": last.get("step"),
+                "embedded_sequences": last.get("embedded_sequences"),
+                "run_dir": last.get("run_dir"),
+                "mlflow_run_id": last.get("mlflow_run_id"),
+                "seconds": last.get("seconds"),
+                "trainable_params": last.get("trainable_params"),
+                "attempts": attempts.get(tid, 0),
+                "error": snap.get("error"),
+            }
+        )
+    return rows
+
+
+def best_trial(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The finished trial with the best final ``metric`` (early-stopped trials have no complete artefact)."""
+    done = [r for r in rows if r["state"] == FINISHED and _number(r["metrics"].get(metric))]
+    if not done:
+        return None
+    pick = max if mode == "max" else min
+    return pick(done, key=lambda r: r["metrics"][metric])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# set-up: the search, its directory, its MLflow parent run
+
+
+def trial_capacity(search: SearchSpec, cluster: dict[str, float]) -> int:
+    """``max_concurrent``, capped by how many trials' workers fit in the cluster's CPUs and GPUs at once.
+
+    Raises:
+        ProtpeftError: one trial needs more than the cluster has.
+    """
+    engine = search.sample_config().engine
+    cap = search.spec.search.max_concurrent
+    for resource, per_worker in (("CPU", engine.cpus_per_worker), ("GPU", engine.gpus_per_worker)):
+        need = engine.workers * per_worker
+        if need <= 0:
+            continue
+        fits = int(cluster.get(resource, 0) / need + 1e-9)
+        if fits < 1:
+            raise ProtpeftError(
+                f"a trial needs {need:g} {resource} ({engine.workers} workers x {per_worker:g}); "
+                f"the cluster has {cluster.get(resource, 0):g}"
+            )
+        cap = min(cap, fits)
+    return cap
+
+
+def _start_parent_run(search: SearchSpec, uri: str) -> str:
+    from protpeft.registry import store
+
+    client = store.client(uri)
+    cfg = search.sample_config()
+    experiment_id = store.ensure_experiment(client, cfg.tracking.experiment)
+    tags = {"protpeft.tune": "experiment", "task": cfg.task, "base_model": cfg.model.base}
+    run = client.create_run(experiment_id, run_name=search.name, tags=tags)
+    settings = search.spec.search
+    params = {
+        "search.algorithm": settings.algorithm,
+        "search.num_samples": settings.samples,
+        "search.max_concurrent": settings.max_concurrent,
+        "search.metric": settings.metric,
+        "search.mode": settings.mode,
+        "search.seed": settings.seed,
+        "asha.enabled": search.spec.asha.enabled,
+    }
+    params.update({f"space.{k}": json.dumps(d.model_dump(exclude_none=True)) for k, d in search.spec.space.items()})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    client.log_dict(run.info.run_id, search.to_dict(), "search.json")
+    return run.info.run_id
+
+
+def _prepare(tune_file: str | Path, resume: bool) -> tuple[SearchSpec, Path, dict[str, Any]]:
+    """The search, its experiment directory and its saved state (tracking URI, parent run) — created for a new
+    experiment, read back for a resumed one."""
+    from protpeft.trainer.ray_launch import absolute_paths
+
+    path = Path(tune_file)
+    if path.is_dir():
+        if not resume:
+            raise ProtpeftError(f"{path} is an experiment directory: add --resume to continue it")
+        exp_dir = path.resolve()
+    else:
+        search = load_search(path)
+        exp_dir = search.experiment_dir()
+    saved = _read_json(exp_dir / SEARCH_FILE, None)
+    if resume:
+        if saved is None or not (exp_dir / TUNER_FILE).is_file():
+            raise ProtpeftError(f"nothing to resume at {exp_dir}: no experiment was started there")
+        return restore_search(saved["search"]), exp_dir, saved
+    if (exp_dir / TUNER_FILE).is_file() or saved is not None:
+        raise ProtpeftError(
+            f"experiment {exp_dir} exists: continue it with --resume, or choose another name (or remove it)"
+        )
+    sample = absolute_paths(search.sample_config())  # a trial runs in Tune's trial directory, not here
+    search.base = sample.to_dict()
+    uri = None
+    if sample.tracking.mlflow:
+        from protpeft.registry.store import ensure_store
+
+        uri = ensure_store()  # created once here, before trials write to it in parallel
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    state = {"search": search.to_dict(), "tracking_uri": uri, "parent_run_id": None, "created": time.time()}
+    if uri is not None:
+        state["parent_run_id"] = _start_parent_run(search, uri)
+    _write_json(exp_dir / SEARCH_FILE, state)
+    return search, exp_dir, state
+
+
+class FinishingASHA(ASHAScheduler):
+    """ASHA that lets a trial at its last step (``max_t``) finish.
+
+    Ray's ASHA has a rung at ``max_t`` whenever ``max_t / grace_period`` is a power of the reduction factor, and
+    stops trials that reach ``max_t``; either stops a trial at its last evaluation, before it writes its artefact
+    and final (test) metrics, leaving a fully trained trial without a result. Rungs below ``max_t`` still stop weak
+    trials early. (Module level: Tune pickles the scheduler with the experiment, for --resume.)
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def _tune_config(search: SearchSpec, capacity: int):
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    settings, asha = search.spec.search, search.spec.asha
+    scheduler = None
+    if asha.enabled:
+        scheduler = FinishingASHA(
+            time_attr="step",
+            max_t=search.asha_max_t(),
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
+    if settings.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        algorithm = ConcurrencyLimiter(OptunaSearch(seed=settings.seed), max_concurrent=capacity)
+    else:
+        algorithm = BasicVariantGenerator(random_state=settings.seed, max_concurrent=capacity)
+    return tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        num_samples=settings.samples,
+        search_alg=algorithm,
+        scheduler=scheduler,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# after the search: MLflow bookkeeping, registration
+
+
+def _close_runs(rows: list[dict[str, Any]], uri: str, parent_run_id: str, metric: str, best, interrupted: bool):
+    """Give every child run its trial's end (a trial stopped by ASHA or an interruption was killed before it could
+    say so) and its id in the row; record the best trial on the parent run."""
+    from protpeft.registry import store
+
+    client = store.client(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+    by_trial = {run.data.tags.get(TRIAL_TAG): run for run in children}
+    status = {STOPPED: "KILLED", INTERRUPTED: "KILLED", FAILED: "FAILED"}
+    for row in rows:
+        run = by_trial.get(row["trial_id"])
+        if run is None:
+            continue
+        row["mlflow_run_id"] = run.info.run_id
+        client.set_tag(run.info.run_id, "protpeft.tune.state", row["state"])
+        if row["state"] in status and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status[row["state"]])
+    counts = {s: sum(r["state"] == s for r in rows) for s in (FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED)}
+    for state, n in counts.items():
+        client.log_metric(parent_run_id, f"trials_{state.lower()}", n)
+    if best is not None:
+        client.set_tag(parent_run_id, "best_trial_id", best["trial_id"])
+        client.log_metric(parent_run_id, f"best_{metric}", best["metrics"][metric])
+    client.set_terminated(parent_run_id, "KILLED" if interrupted else "FINISHED")
+
+
+def run_search(
+    tune_file: str | Path,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    register_best: str | None = None,
+    alias: str | None = None,
+    callbacks: list[Any] | None = None,
+    report: bool = True,
+) -> ExperimentResult:
+    """Run (or resume) the hyperparameter search of ``tune_file`` and write ``trials.json`` and the report.
+
+    Args:
+        tune_file: a TUNE.yaml; with ``resume`` also its experiment directory.
+        address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
+        resume: continue the experiment: finished trials are kept, unfinished ones continue from their checkpoints.
+        register_best: register the best finished trial's run directory under this model name.
+        alias: with ``register_best``, the alias the new version gets (e.g. ``champion``).
+        callbacks: extra Ray Tune callbacks (on resume, Tune restores those of the first run instead).
+        report: write the robustness report when the search completes (and log it to the parent MLflow run).
+
+    Returns:
+        The trials, the best one, whether the run was interrupted, and where things were written.
+
+    Raises:
+        ConfigError: an invalid TUNE file. ProtpeftError: a new experiment whose directory exists, nothing to
+        resume, or trials that cannot fit in the cluster.
+    """
+    from ray import tune
+
+    from protpeft.trainer.ray_cluster import connect
+
+    search, exp_dir, state = _prepare(tune_file, resume)
+    uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
+    connect(address)
+    import ray
+
+    capacity = trial_capacity(search, ray.cluster_resources())
+    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), DRIVER_RESOURCES)
+    if resume:
+        if uri is not None and parent is not None:
+            from protpeft.registry import store
+
+            store.client(uri).update_run(parent, status="RUNNING")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        run_config = tune.RunConfig(
+            name=exp_dir.name,
+            verbose=1,  # the status table as trials start and end; per-result tables would drown it
+            storage_path=str(exp_dir.parent),
+            callbacks=[TrialLedger(str(exp_dir)), *(callbacks or [])],
+            failure_config=tune.FailureConfig(max_failures=search.spec.search.max_trial_failures),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search.param_space(),
+            tune_config=_tune_config(search, capacity),
+            run_config=run_config,
+        )
+    tuner.fit()
+    return finish_search(exp_dir, search, uri, parent, register_best=register_best, alias=alias, report=report)
+
+
+def finish_search(
+    exp_dir: Path,
+    search: SearchSpec,
+    uri: str | None,
+    parent: str | None,
+    *,
+    register_best: str | None = None,
+    alias: str | None = None,
+    report: bool = True,
+) -> ExperimentResult:
+    """After ``Tuner.fit``: trials.json, MLflow end states, the best trial's registration, the report."""
+    settings = search.spec.search
+    rows = collect_trials(exp_dir, search)
+    interrupted = any(r["state"] in (PENDING, INTERRUPTED) for r in rows) or len(rows) == 0
+    best = best_trial(rows, settings.metric, settings.mode)
+    if uri is not None and parent is not None:
+        _close_runs(rows, uri, parent, settings.metric, best, interrupted)
+    registered = None
+    if register_best and best is not None and not interrupted:
+        from protpeft.registry import register_run
+
+        version = register_run(
+            best["run_dir"], register_best, alias, mlflow_run_id=best["mlflow_run_id"], tracking_uri=uri
+        )
+        registered = f"{version.name}/{version.version}"
+    counts = {s: sum(r["state"] == s for r in rows) for s in (FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED)}
+    _write_json(
+        exp_dir / TRIALS_FILE,
+        {
+            "experiment": search.name,
+            "experiment_dir": str(exp_dir),
+            "metric": settings.metric,
+            "mode": settings.mode,
+            "algorithm": settings.algorithm,
+            "asha": search.spec.asha.enabled,
+            "space": {k: d.model_dump(exclude_none=True) for k, d in search.spec.space.items()},
+            "log_scale": [k for k, d in search.spec.space.items() if d.log_scale()],
+            "parent_run_id": parent,
+            "tracking_uri": uri,
+            "interrupted": interrupted,
+            "counts": counts,
+            "best_trial_id": best["trial_id"] if best else None,
+            "registered": registered,
+            "trials": rows,
+        },
+    )
+    report_path = None
+    if report and not interrupted:
+        from protpeft.tune.report import log_report, write_report
+
+        files = write_report(exp_dir)
+        report_path = files.markdown
+        if uri is not None and parent is not None:
+            log_report(files, uri, parent)
+    return ExperimentResult(exp_dir, rows, best, interrupted, parent, uri, registered, report_path, counts)
