@@ -124,7 +124,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
         tmp_path / "resume.yaml", tiny_model, small_ppi,
         config={"optim": {"max_steps": 16}, "engine": {"eval_every": 4, "checkpoint_every": 4}},
         search={"algorithm": "grid", "max_concurrent": 1},
-        space={"optim.lr": {"grid": [1e-3, 3e-3, 1e-2]}},
+        space={"optim.lr": {"grid": [1e-3, 1e-2]}},
     )  # fmt: skip
     exp_dir = tmp_path / "experiments" / "resume"
     command = [sys.executable, "-m", "protpeft", "tune", str(path), "--address", ray_address()]
@@ -146,7 +146,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
     before = json.loads((exp_dir / "trials.json").read_text())
     assert before["interrupted"]
     done_before = {t["trial_id"]: t for t in before["trials"] if t["state"] == "FINISHED"}
-    assert 1 <= len(done_before) < 3, [t["state"] for t in before["trials"]]
+    assert len(done_before) == 1, [t["state"] for t in before["trials"]]
     stamps = {tid: Path(t["run_dir"], "protpeft.json").stat().st_mtime_ns for tid, t in done_before.items()}
 
     resumed = subprocess.run(
@@ -155,8 +155,8 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = json.loads((exp_dir / "trials.json").read_text())
-    assert not after["interrupted"] and [t["state"] for t in after["trials"]] == ["FINISHED"] * 3
-    assert sorted(t["config"]["optim.lr"] for t in after["trials"]) == [1e-3, 3e-3, 1e-2]
+    assert not after["interrupted"] and [t["state"] for t in after["trials"]] == ["FINISHED"] * 2
+    assert sorted(t["config"]["optim.lr"] for t in after["trials"]) == [1e-3, 1e-2]
     rows = {t["trial_id"]: t for t in after["trials"]}
     for tid, stamp in stamps.items():  # finished trials were not run again
         assert rows[tid]["attempts"] == 1
@@ -175,14 +175,13 @@ def test_frozen_search_embeds_each_sequence_once(ray_local, tiny_model: Path, sm
     path = write_tune_file(
         tmp_path / "heads.yaml", tiny_model, small_ppi,
         config={"mode": "frozen", "data": {"cache_dir": str(cache)}, "tracking": {"mlflow": False}},
-        search={"algorithm": "random", "num_samples": 4, "max_concurrent": 2},
+        search={"algorithm": "random", "num_samples": 2, "max_concurrent": 2},  # both embed at once: one waits
         space={"model.head_hidden": {"choice": [16, 64, 128]}, "optim.lr": {"loguniform": [1e-3, 3e-2]}},
     )  # fmt: skip
     result = run_search(path, report=False)
-    assert [t["state"] for t in result.trials] == ["FINISHED"] * 4
+    assert [t["state"] for t in result.trials] == ["FINISHED"] * 2
     cfg = load_config(None, ["task=ppi", f"data.pairs={small_ppi['pairs']}",
                              f"data.sequences={small_ppi['sequences']}"])  # fmt: skip
     unique = len(set(load_task_data(cfg.task, cfg.data).sequences.values()))
     embedded = [t["embedded_sequences"] for t in result.trials]
-    assert sum(embedded) == unique, embedded  # one trial embedded everything, the others read the cache
-    assert sorted(embedded)[:-1] == [0, 0, 0]
+    assert sorted(embedded) == [0, unique], embedded  # one trial embedded everything, the other read the cache
