@@ -107,13 +107,17 @@ def last_json_line(stdout: str) -> Any:
     return json.loads([line for line in stdout.splitlines() if line.strip()][-1])
 
 
-def wait_http(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_http(
+    url: str, process: subprocess.Popen, timeout: float = 120, headers: dict[str, str] | None = None
+) -> None:
+    """Until ``url`` answers 200 (``headers`` sent with each try); fails when ``process`` exits first."""
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers=headers or {})
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"process serving {url} exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:

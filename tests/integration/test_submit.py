@@ -12,43 +12,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from registry_helpers import free_port, wait_http
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_dashboard(url: str, token: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"the Ray dashboard at {url} did not come up in {timeout_s}s")
 
 
 def _kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
@@ -113,7 +89,7 @@ def ray_head() -> Iterator[dict]:
     log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in the finalizer
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_dashboard(f"http://127.0.0.1:{dashboard}", token, proc)
+        wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
         yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env}
     finally:
         _kill_group(proc, temp_dir)
