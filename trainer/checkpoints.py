@@ -73,7 +73,8 @@ class LocalReporter:
     def __init__(self, root: Path, keep: int = 2, metric: str = "val_aupr", mode: str = "max") -> None:
         self.root = Path(root)
         self.keep, self.metric, self.mode = keep, metric, mode
-        self.scores: dict[Path, float] = {}
+        self.scores: dict[Path, float | None] = {}
+        """Each kept checkpoint's metric; None when its evaluation did not report the metric."""
         self.history: list[dict[str, Any]] = []
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -87,12 +88,17 @@ class LocalReporter:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(checkpoint_dir), target)
         score = metrics.get(self.metric)
-        self.scores[target] = float(score) if score is not None else float("-inf")
+        self.scores[target] = float(score) if score is not None else None
         self._prune(target)
 
     def _prune(self, latest: Path) -> None:
         sign = 1 if self.mode == "max" else -1
-        ranked = sorted(self.scores, key=lambda p: sign * self.scores[p], reverse=True)
+
+        def rank(path: Path) -> tuple[bool, float]:  # a checkpoint without the metric ranks last in either mode
+            score = self.scores[path]
+            return (score is not None, sign * score if score is not None else 0.0)
+
+        ranked = sorted(self.scores, key=rank, reverse=True)
         keep = set(ranked[: self.keep]) | {latest}
         for path in list(self.scores):
             if path not in keep:
