@@ -58,8 +58,8 @@ test-integration: install
 	$(PY) -m pytest -q -m integration
 
 bench: install demo-data
-	$(PY) benchmarks/bench_bucketing.py
-	$(PY) benchmarks/bench_embedding_cache.py
+	$(PY) -m benchmarks.bench_bucketing
+	$(PY) -m benchmarks.bench_embedding_cache
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

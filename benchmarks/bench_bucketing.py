@@ -3,7 +3,7 @@
 Same model (random ESM-2 8M architecture, LoRA on the last 2 layers), same examples, same number of optimizer
 steps; only the batch order differs. Real (non-padding) tokens per second is the figure that matters.
 
-    .venv/bin/python benchmarks/bench_bucketing.py [--steps 24] [--batch 8]
+    .venv/bin/python -m benchmarks.bench_bucketing [--steps 24] [--batch 8]
 """
 
 from __future__ import annotations
