@@ -48,4 +48,5 @@ class InputErrors(ProtpeftError):
 
 
 class ConfigError(ProtpeftError):
-    """An invalid run configuration; the message lists every problem with its key (and YAML line when known)."""
+    """An invalid run configuration or command option; the message lists every problem with its key (and YAML line
+    when known)."""

@@ -12,7 +12,7 @@ from typing import Literal
 
 from protpeft.data.fasta import raise_collected, read_input_text
 from protpeft.data.splits import normalize_split_name, split_problem
-from protpeft.errors import InputError
+from protpeft.errors import ConfigError, InputError
 
 __all__ = ["PairRecord", "check_pairs_against_sequences", "detect_layout", "read_pairs"]
 
@@ -68,6 +68,7 @@ def read_pairs(path: str | Path, layout: Layout = "auto") -> list[PairRecord]:
 
     Raises:
         InputError / InputErrors: every problem (field count, label, empty id, split name) with its line.
+        ConfigError: ``layout`` is not one of auto, dscript, gold.
     """
     text = read_input_text(path)
     lines = text.splitlines()
@@ -148,7 +149,7 @@ def read_pairs(path: str | Path, layout: Layout = "auto") -> list[PairRecord]:
             if ok:
                 records.append(PairRecord(a, b, label, split, number))
     else:
-        raise ValueError(f"unknown pairs layout {layout!r} (expected auto, dscript or gold)")
+        raise ConfigError(f"unknown pairs layout {layout!r} (expected auto, dscript or gold)")
 
     raise_collected(errors)
     if not records:

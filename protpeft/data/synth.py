@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from protpeft.data.splits import SPLITS, random_split, split_counts
+from protpeft.errors import ConfigError
 
 __all__ = ["PPI_FAMILY_LETTERS", "SYMMETRY_CLASS_LETTERS", "write_synthetic"]
 
@@ -90,7 +91,7 @@ def _write_ppi(out_dir: Path, n: int, rng: random.Random) -> dict[str, Path]:
                 if a != b and key not in seen:
                     break
             else:
-                raise ValueError(f"cannot draw {n_pairs} distinct pairs for split {split!r}; use a smaller n")
+                raise ConfigError(f"cannot draw {n_pairs} distinct pairs for split {split!r}; use a smaller n")
             seen.add(key)
             rows.append((a, b, label, split))
     rng.shuffle(rows)
@@ -132,13 +133,16 @@ def write_synthetic(
     70/15/15, half positive in every split); keys ``sequences`` and ``pairs``; default 1200 pairs.
     ``symmetry``: ``symmetry.tsv`` (``id sequence label split``, random 70/15/15); key ``table``; default 600 rows.
     The same seed writes byte-identical files.
+
+    Raises:
+        ConfigError: an unknown task, or ``n`` too small (every split needs examples) or too large to draw.
     """
     if task not in ("ppi", "symmetry"):
-        raise ValueError(f"unknown task {task!r} (expected ppi or symmetry)")
+        raise ConfigError(f"unknown task {task!r} (expected ppi or symmetry)")
     n = n if n is not None else (1200 if task == "ppi" else 600)
     minimum = 20
     if n < minimum:
-        raise ValueError(f"n must be at least {minimum} so every split has examples, got {n}")
+        raise ConfigError(f"n must be at least {minimum} so every split has examples, got {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

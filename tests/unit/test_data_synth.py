@@ -11,6 +11,7 @@ from protpeft.data.pairs import check_pairs_against_sequences, read_pairs
 from protpeft.data.splits import SPLITS
 from protpeft.data.symmetry import SYMMETRY_CLASSES, multi_hot, read_symmetry_table
 from protpeft.data.synth import write_synthetic
+from protpeft.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -138,7 +139,7 @@ def test_synthetic_small_n_still_has_every_split(tmp_path):
 
 
 def test_synthetic_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="n must be at least 20"):
         write_synthetic("ppi", tmp_path, n=5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown task 'docking'"):
         write_synthetic("docking", tmp_path)  # type: ignore[arg-type]
