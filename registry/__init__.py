@@ -6,19 +6,17 @@ functions, so importing this package stays cheap (``protpeft --help``).
 """
 
 from .load import load
-from .models import (
+from .models import pull, register_run, set_alias
+from .refs import ModelRef, RegistryError, parse_ref
+from .store import ensure_store, tracking_uri
+from .versions import (
     ModelVersionInfo,
     RegisteredModelInfo,
     compare_versions,
     get_version,
     list_models,
     list_versions,
-    pull,
-    register_run,
-    set_alias,
 )
-from .refs import ModelRef, RegistryError, parse_ref
-from .store import ensure_store, tracking_uri
 
 __all__ = [
     "ModelRef",
