@@ -9,12 +9,10 @@ steps; only the batch order differs. Real (non-padding) tokens per second is the
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from benchmarks.common import ecoli_or_exit, random_esm2, write_results
-from protpeft.config import load_config
+from benchmarks.common import ecoli_ppi_config, train_on, write_results
 from protpeft.data.batching import epoch_batches, padded_tokens
 from protpeft.data.collate import TokenCollate, example_lengths
 from protpeft.data.datasets import load_task_data
@@ -23,7 +21,6 @@ from protpeft.models import ClassificationHead, ProteinClassifier, ProteinEncode
 from protpeft.models.backbone import load_tokenizer
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import LocalEngine
-from protpeft.trainer.loop import _loss
 
 
 def measure(cfg, examples, collate, lengths, bucket: bool, steps: int) -> dict:
@@ -37,15 +34,9 @@ def measure(cfg, examples, collate, lengths, bucket: bool, steps: int) -> dict:
     )
     engine = LocalEngine(model, cfg, steps, WorkerContext.local("cpu"))
     batches = epoch_batches(lengths, cfg.optim.batch_size, seed=0, epoch=0, bucket=bucket, megabatch=50)[: steps + 2]
-    for warm in batches[:2]:  # warm-up, not timed
-        engine.backward(_loss(engine, collate([examples[i] for i in warm])), True)
-        engine.step()
+    train_on(engine, collate, examples, batches[:2])  # warm-up, not timed
     real, padded = padded_tokens(batches[2:], lengths)
-    start = time.perf_counter()
-    for b in batches[2:]:
-        engine.backward(_loss(engine, collate([examples[i] for i in b])), True)
-        engine.step()
-    seconds = time.perf_counter() - start
+    seconds = train_on(engine, collate, examples, batches[2:])
     return {
         "batching": "bucketed" if bucket else "random",
         "steps": steps,
@@ -62,23 +53,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    data_dir = ecoli_or_exit()
-    base = random_esm2()
-    cfg = load_config(
-        None,
-        [
-            f"model.base={base}",
-            f"data.pairs={data_dir / 'ecoli_test.tsv'}",
-            f"data.sequences={data_dir / 'ecoli.fasta'}",
-            "data.split.method=random",
-            f"optim.batch_size={args.batch}",
-            "optim.grad_accum=1",
-            "lora.last_layers=2",
-        ],
-    )
+    cfg = ecoli_ppi_config(f"optim.batch_size={args.batch}", "lora.last_layers=2")
     data = load_task_data("ppi", cfg.data)
     examples = data.splits["train"]
-    tokens = TokenEncoder(load_tokenizer(str(base)), cfg.data.crop)
+    tokens = TokenEncoder(load_tokenizer(cfg.model.base), cfg.data.crop)
     collate = TokenCollate(tokens, data.sequences, members=2)
     lengths = example_lengths(examples, data.sequences, tokens)
     rows = [measure(cfg, examples, collate, lengths, bucket, args.steps) for bucket in (False, True)]

@@ -14,8 +14,7 @@ import time
 
 import torch
 
-from benchmarks.common import ecoli_or_exit, random_esm2, write_results
-from protpeft.config import load_config
+from benchmarks.common import ecoli_ppi_config, train_on, write_results
 from protpeft.data.batching import epoch_batches
 from protpeft.data.collate import IndexCollate, TokenCollate, example_lengths
 from protpeft.data.datasets import load_task_data
@@ -25,37 +24,19 @@ from protpeft.models import ClassificationHead, ProteinClassifier, ProteinEncode
 from protpeft.models.backbone import backbone_fingerprint, load_tokenizer
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import LocalEngine
-from protpeft.trainer.loop import _loss
 
 
 def one_epoch(cfg, model, collate, examples, lengths) -> float:
     engine = LocalEngine(model, cfg, 10**6, WorkerContext.local("cpu"))
-    start = time.perf_counter()
-    for batch in epoch_batches(lengths, cfg.optim.batch_size, seed=0, epoch=0):
-        engine.backward(_loss(engine, collate([examples[i] for i in batch])), True)
-        engine.step()
-    return time.perf_counter() - start
+    return train_on(engine, collate, examples, epoch_batches(lengths, cfg.optim.batch_size, seed=0, epoch=0))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=800, help="training pairs in the epoch")
     args = parser.parse_args()
-    data_dir = ecoli_or_exit()
-    base = random_esm2()
-    cfg = load_config(
-        None,
-        [
-            f"model.base={base}",
-            f"data.pairs={data_dir / 'ecoli_test.tsv'}",
-            "mode=frozen",
-            f"data.sequences={data_dir / 'ecoli.fasta'}",
-            "data.split.method=random",
-            f"data.max_examples={args.pairs}",
-            "optim.batch_size=16",
-            "optim.grad_accum=1",
-        ],
-    )
+    cfg = ecoli_ppi_config("mode=frozen", f"data.max_examples={args.pairs}", "optim.batch_size=16")
+    base = cfg.model.base
     data = load_task_data("ppi", cfg.data)
     examples = data.splits["train"]
     sequences = {m: data.sequences[m] for e in examples for m in e.members}

@@ -1,14 +1,19 @@
-"""Shared pieces of the benchmarks: a random ESM-2 of a real size, E. coli data from ../shared, result tables."""
+"""Shared pieces of the benchmarks: a random ESM-2 of a real size, E. coli data from ../shared, a timed training
+pass, result tables."""
 
 from __future__ import annotations
 
 import json
 import platform
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from protpeft.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -27,6 +32,35 @@ def ecoli_or_exit() -> Path:
     if not (SHARED_DATA / "ecoli_test.tsv").is_file():
         raise SystemExit(f"skipped: real E. coli data not found at {SHARED_DATA} (../shared beside the checkout)")
     return SHARED_DATA
+
+
+def ecoli_ppi_config(*overrides: str) -> RunConfig:
+    """A PPI config on the real E. coli pairs (seeded random split) and a random ESM-2 8M, one batch per step."""
+    from protpeft.config import load_config
+
+    data_dir = ecoli_or_exit()
+    return load_config(
+        None,
+        [
+            f"model.base={random_esm2()}",
+            f"data.pairs={data_dir / 'ecoli_test.tsv'}",
+            f"data.sequences={data_dir / 'ecoli.fasta'}",
+            "data.split.method=random",
+            "optim.grad_accum=1",
+            *overrides,
+        ],
+    )
+
+
+def train_on(engine, collate, examples: list, batches: list[list[int]]) -> float:
+    """One optimizer step per batch (indices into ``examples``); the seconds it took."""
+    from protpeft.trainer.loop import _loss
+
+    start = time.perf_counter()
+    for batch in batches:
+        engine.backward(_loss(engine, collate([examples[i] for i in batch])), True)
+        engine.step()
+    return time.perf_counter() - start
 
 
 def write_results(name: str, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
