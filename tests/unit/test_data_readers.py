@@ -27,16 +27,13 @@ pytestmark = pytest.mark.unit
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ppi-dscript"
 
 
-def write(tmp_path: Path, name: str, text: str) -> Path:
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     path = tmp_path / name
-    path.write_text(text)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     return path
-
-
-def error_of(call, *args, **kwargs) -> str:
-    with pytest.raises((InputError, InputErrors)) as info:
-        call(*args, **kwargs)
-    return str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------- alphabet
@@ -59,175 +56,106 @@ def test_first_bad_letter():
     assert first_bad_letter("MK1") == (3, "1")
 
 
-# ---------------------------------------------------------------------------------------------------- FASTA
+# ---------------------------------------------------------------------------------------------------- good input
+
+TSV_TABLE = "id\tsequence\tlabel\tsplit\nA1\tmkvla*\tC8 C2 C9\ttraining\nA2\tMKV\tD9;H\tdev\n\t MK V \tother\ttest\n"
 
 
-def test_fasta_reads_multiline_and_accepts_special_letters(tmp_path):
-    path = write(
-        tmp_path,
-        "seqs.fasta",
-        ">P1 some description\nMKV\nlaXB\n\n>P2\nzuoM*\n>P1 again, same sequence\nMKVLAXB\n",
-    )
-    assert read_fasta(path) == {"P1": "MKVLAXB", "P2": "ZUOM"}
+def _rows(records) -> list[tuple]:
+    return [(r.id, r.sequence, r.labels, r.split, r.line) for r in records]
 
 
-def test_fasta_crlf_and_bom(tmp_path):
-    path = tmp_path / "seqs.fasta"
-    path.write_bytes(b"\xef\xbb\xbf>A1\r\nMKV\r\nLA\r\n")
-    assert read_fasta(path) == {"A1": "MKVLA"}
+GOOD_INPUT = [
+    # (reader, file name, content, keyword arguments, records as the reader returns them, or made comparable)
+    (read_fasta, "seqs.fasta", ">P1 some description\nMKV\nlaXB\n\n>P2\nzuoM*\n>P1 again, same sequence\nMKVLAXB\n",
+     {}, {"P1": "MKVLAXB", "P2": "ZUOM"}),
+    (read_fasta, "seqs.fasta", b"\xef\xbb\xbf>A1\r\nMKV\r\nLA\r\n", {}, {"A1": "MKVLA"}),
+    (read_pairs, "pairs.tsv", "A\tB\t1.0\n\nB C 0.0\nC\tA\t1\n", {},
+     [PairRecord("A", "B", 1, None, 1), PairRecord("B", "C", 0, None, 3), PairRecord("C", "A", 1, None, 4)]),
+    (read_pairs, "pairs.tsv", "A\tB\t1.0\n\nB C 0.0\nC\tA\t1\n", {"layout": "dscript"},
+     [PairRecord("A", "B", 1, None, 1), PairRecord("B", "C", 0, None, 3), PairRecord("C", "A", 1, None, 4)]),
+    (read_pairs, "pairs.tsv", "label\tsplit\tp1\tp0\n1\ttraining\tB\tA\n0\tdev\tC\tA\n0\tTest\tC\tB\n", {},
+     [PairRecord("A", "B", 1, "train", 2), PairRecord("A", "C", 0, "val", 3), PairRecord("B", "C", 0, "test", 4)]),
+    (read_pairs, "pairs.csv", 'p0,p1,label\nA,B,1\n"C",D,0.0\n', {},
+     [PairRecord("A", "B", 1, None, 2), PairRecord("C", "D", 0, None, 3)]),
+    (read_pairs, "pairs.txt", "p0 p1 label split\nA  B 1 validation\n", {"layout": "gold"},
+     [PairRecord("A", "B", 1, "val", 2)]),
+    (read_pairs, "pairs.tsv", "p0x\tp1\t1\n", {}, [PairRecord("p0x", "p1", 1, None, 1)]),  # ids, not a header
+    (read_symmetry_table, "table.tsv", TSV_TABLE, {},
+     [("A1", "MKVLA", ("C2", "C7-C9"), "train", 2), ("A2", "MKV", ("D6-D12", "H"), "val", 3),
+      ("seq4", "MKV", ("other",), "test", 4)]),
+    (read_symmetry_table, "table.csv", 'sequence,label\n"MKV","C2, D2"\nMKA,"C20"\n', {},
+     [("seq2", "MKV", ("C2", "D2"), None, 2), ("seq3", "MKA", ("other",), None, 3)]),
+]  # fmt: skip
 
 
-def test_fasta_empty_sequence(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">A0\nMKV\n>A1\n\n>A2\nMKV\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:3:" in msg and "sequence 'A1' is empty" in msg
+@pytest.mark.parametrize(("reader", "name", "content", "kwargs", "expected"), GOOD_INPUT)
+def test_good_input_parses(tmp_path, reader, name: str, content: str | bytes, kwargs: dict, expected) -> None:
+    got = reader(write(tmp_path, name, content), **kwargs)
+    assert (_rows(got) if reader is read_symmetry_table else got) == expected
 
 
-def test_fasta_empty_last_sequence(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">A0\nMKV\n>A1\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:3:" in msg and "'A1' is empty" in msg
+# ---------------------------------------------------------------------------------------------------- bad input
+
+BAD_INPUT = [
+    # (reader, file name, content (None: no file), keyword arguments, the lines of the errors, message fragments);
+    # "{path}" in a fragment stands for the file's path
+    (read_fasta, "seqs.fasta", ">A0\nMKV\n>A1\n\n>A2\nMKV\n", {}, [3], ["seqs.fasta:3:", "sequence 'A1' is empty"]),
+    (read_fasta, "seqs.fasta", ">A0\nMKV\n>A1\n", {}, [3], ["seqs.fasta:3:", "'A1' is empty"]),
+    (read_fasta, "seqs.fasta", ">Q8\nMKV\n>Q9\nMKVLAGVSER\nTJ\n", {}, [5],
+     ["seqs.fasta:5:", "sequence 'Q9' contains 'J' at position 12, which is not an amino-acid letter"]),
+    (read_fasta, "seqs.fasta", ">Q9\nMK*V\n", {}, [2], ["seqs.fasta:2:", "'*' at position 3"]),  # inner stop
+    (read_fasta, "seqs.fasta", ">P1\nMKV\n>P2\nMKV\n>P1\nMKA\n", {}, [5],
+     ["seqs.fasta:5:", "id 'P1' appears again (line 1) with a different sequence"]),
+    (read_fasta, "seqs.fasta", "\nhello\n>P1\nMKV\n", {}, [2], ["seqs.fasta:2:", "before the first '>' header"]),
+    (read_fasta, "seqs.fasta", ">P1\nMKV\n>\nMKV\n", {}, [3], ["seqs.fasta:3:", "no id"]),
+    (read_fasta, "seqs.fasta", ">A1\n>A2\nMK1\n>A3\nMKV\n>A3\nMKA\n", {}, [1, 3, 6], []),  # every problem at once
+    (read_fasta, "seqs.fasta", "\n  \n", {}, [None], ["seqs.fasta: file is empty"]),
+    (read_fasta, "nope.fasta", None, {}, [None], ["nope.fasta: file not found"]),
+    (read_pairs, "pairs.tsv", "A\tB\t1\nA\tC\t0\n" + "A\tB\t0\n" * 6 + "A\tB\t2\n", {}, [9],
+     ["pairs.tsv:9:", "label '2' must be 0 or 1"]),
+    (read_pairs, "pairs.tsv", "p0\tp1\tlabel\nA\tB\tyes\n", {}, [2], ["pairs.tsv:2:", "label 'yes' must be 0 or 1"]),
+    (read_pairs, "pairs.tsv", "A\tB\t1\nA\tB\n", {}, [2], ["pairs.tsv:2:", "expected 3 fields", "found 2"]),
+    (read_pairs, "pairs.tsv", "p0\tp1\tlabel\tsplit\nA\tB\t1\ttrain\textra\n", {}, [2],
+     ["pairs.tsv:2:", "expected 4 fields", "found 5"]),
+    (read_pairs, "pairs.tsv", "A\tB\t1\n\tB\t1\n", {}, [2], ["pairs.tsv:2:", "id is empty"]),
+    (read_pairs, "pairs.tsv", "p0\tp1\tlabel\tsplit\nA\tB\t1\ttrain\nA\tC\t0\tholdout\n", {}, [3],
+     ["pairs.tsv:3:", "split 'holdout' is not a split name"]),
+    (read_pairs, "pairs.tsv", "p0\tp1\tsplit\nA\tB\ttrain\n", {"layout": "gold"}, [1], ["pairs.tsv:1:", "'label'"]),
+    (read_pairs, "pairs.tsv", "A\tB\t3\nA\tB\t1\nA\n", {}, [1, 3], []),  # every problem at once
+    (read_pairs, "pairs.tsv", "\n", {}, [None], ["{path}: file is empty"]),
+    (read_pairs, "gold.tsv", "p0\tp1\tlabel\n", {}, [None], ["gold.tsv:", "no pairs"]),
+    (read_symmetry_table, "table.tsv", "sequence\tlabel\nMKV\tC2\nMKV\tC1\nMKV\tC3\nMKV\tC2 Q7\n", {}, [5],
+     ["table.tsv:5:", "label 'Q7' is not a symmetry code (expected C<n>, D<n>, H, O, T, I or other)"]),
+    (read_symmetry_table, "table.tsv", "sequence\tlabel\nMKV\tD1\n", {}, [2],
+     ["table.tsv:2:", "label 'D1' is not a symmetry code"]),
+    (read_symmetry_table, "table.tsv", "sequence\tlabels\nMKV\tC2\n", {}, [1], ["table.tsv:1:", "no 'label' column"]),
+    (read_symmetry_table, "table.tsv", "sequence\tlabel\nMKV\tC2\nMKV\t \n", {}, [3],
+     ["table.tsv:3:", "label of sequence 'seq3' is empty"]),
+    (read_symmetry_table, "table.tsv", "id\tsequence\tlabel\nA1\t\tC2\nA2\tMKJ\tC2\n", {}, [2, 3],
+     ["table.tsv:2: sequence 'A1' is empty", "table.tsv:3: sequence 'A2' contains 'J' at position 3"]),
+    (read_symmetry_table, "table.tsv",
+     "id\tsequence\tlabel\tsplit\nP1\tMKV\tC2\ttrain\nP1\tMKV\tC3\ttrain\nP1\tMKA\tC2\ttest\nP2\tMKV\tC2\tfoo\n", {},
+     [4, 5], ["table.tsv:4: id 'P1' appears again (line 2) with a different sequence",
+              "table.tsv:5: split 'foo' is not a split name"]),
+    (read_symmetry_table, "table.tsv", "sequence\tlabel\nMKV\n", {}, [2], ["table.tsv:2:", "expected 2 fields"]),
+    (read_symmetry_table, "empty.tsv", "", {}, [None], ["empty.tsv: file is empty"]),
+]  # fmt: skip
 
 
-def test_fasta_bad_letter_reports_line_and_position(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">Q8\nMKV\n>Q9\nMKVLAGVSER\nTJ\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:5:" in msg
-    assert "sequence 'Q9' contains 'J' at position 12, which is not an amino-acid letter" in msg
-
-
-def test_fasta_inner_stop_codon_is_bad(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">Q9\nMK*V\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:2:" in msg and "'*' at position 3" in msg
-
-
-def test_fasta_duplicate_id_with_different_sequence(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">P1\nMKV\n>P2\nMKV\n>P1\nMKA\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:5:" in msg and "id 'P1' appears again (line 1) with a different sequence" in msg
-
-
-def test_fasta_text_before_first_header(tmp_path):
-    path = write(tmp_path, "seqs.fasta", "\nhello\n>P1\nMKV\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:2:" in msg and "before the first '>' header" in msg
-
-
-def test_fasta_header_without_id(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">P1\nMKV\n>\nMKV\n")
-    msg = error_of(read_fasta, path)
-    assert "seqs.fasta:3:" in msg and "no id" in msg
-
-
-def test_fasta_collects_all_problems(tmp_path):
-    path = write(tmp_path, "seqs.fasta", ">A1\n>A2\nMK1\n>A3\nMKV\n>A3\nMKA\n")
-    with pytest.raises(InputErrors) as info:
-        read_fasta(path)
-    lines = [e.line for e in info.value.errors]
-    assert lines == [1, 3, 6]
-
-
-def test_fasta_empty_and_missing_file(tmp_path):
-    path = write(tmp_path, "seqs.fasta", "\n  \n")
-    with pytest.raises(InputError) as info:
-        read_fasta(path)
-    assert info.value.line is None and "seqs.fasta: file is empty" in str(info.value)
-    with pytest.raises(InputError) as info:
-        read_fasta(tmp_path / "nope.fasta")
-    assert info.value.line is None and "nope.fasta: file not found" in str(info.value)
-
-
-# ---------------------------------------------------------------------------------------------------- pairs
-
-
-def test_pairs_dscript_layout(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "A\tB\t1.0\n\nB C 0.0\nC\tA\t1\n")
-    pairs = read_pairs(path)
-    assert pairs == [
-        PairRecord("A", "B", 1, None, 1),
-        PairRecord("B", "C", 0, None, 3),
-        PairRecord("C", "A", 1, None, 4),
-    ]
-    assert read_pairs(path, layout="dscript") == pairs
-
-
-def test_pairs_gold_layout_tab_with_column_order_from_header(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "label\tsplit\tp1\tp0\n1\ttraining\tB\tA\n0\tdev\tC\tA\n0\tTest\tC\tB\n")
-    pairs = read_pairs(path)
-    assert pairs == [
-        PairRecord("A", "B", 1, "train", 2),
-        PairRecord("A", "C", 0, "val", 3),
-        PairRecord("B", "C", 0, "test", 4),
-    ]
-
-
-def test_pairs_gold_layout_csv_and_whitespace_without_split(tmp_path):
-    csv_path = write(tmp_path, "pairs.csv", 'p0,p1,label\nA,B,1\n"C",D,0.0\n')
-    assert read_pairs(csv_path) == [PairRecord("A", "B", 1, None, 2), PairRecord("C", "D", 0, None, 3)]
-    ws_path = write(tmp_path, "pairs.txt", "p0 p1 label split\nA  B 1 validation\n")
-    assert read_pairs(ws_path, layout="gold") == [PairRecord("A", "B", 1, "val", 2)]
-
-
-def test_pairs_auto_detection_does_not_mistake_ids(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "p0x\tp1\t1\n")
-    assert read_pairs(path) == [PairRecord("p0x", "p1", 1, None, 1)]
-
-
-def test_pairs_bad_label(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "A\tB\t1\nA\tC\t0\n" + "A\tB\t0\n" * 6 + "A\tB\t2\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:9:" in msg and "label '2' must be 0 or 1" in msg
-
-
-def test_pairs_bad_label_text_gold(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "p0\tp1\tlabel\nA\tB\tyes\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:2:" in msg and "label 'yes' must be 0 or 1" in msg
-
-
-def test_pairs_wrong_field_count(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "A\tB\t1\nA\tB\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:2:" in msg and "expected 3 fields" in msg and "found 2" in msg
-
-
-def test_pairs_wrong_field_count_gold(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "p0\tp1\tlabel\tsplit\nA\tB\t1\ttrain\textra\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:2:" in msg and "expected 4 fields" in msg and "found 5" in msg
-
-
-def test_pairs_empty_id(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "A\tB\t1\n\tB\t1\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:2:" in msg and "id is empty" in msg
-
-
-def test_pairs_bad_split(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "p0\tp1\tlabel\tsplit\nA\tB\t1\ttrain\nA\tC\t0\tholdout\n")
-    msg = error_of(read_pairs, path)
-    assert "pairs.tsv:3:" in msg and "split 'holdout' is not a split name" in msg
-
-
-def test_pairs_gold_missing_column(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "p0\tp1\tsplit\nA\tB\ttrain\n")
-    msg = error_of(read_pairs, path, layout="gold")
-    assert "pairs.tsv:1:" in msg and "'label'" in msg
-
-
-def test_pairs_collects_all_problems(tmp_path):
-    path = write(tmp_path, "pairs.tsv", "A\tB\t3\nA\tB\t1\nA\n")
-    with pytest.raises(InputErrors) as info:
-        read_pairs(path)
-    assert [e.line for e in info.value.errors] == [1, 3]
-
-
-def test_pairs_empty_file_and_header_only(tmp_path):
-    msg = error_of(read_pairs, write(tmp_path, "pairs.tsv", "\n"))
-    assert msg == f"{tmp_path / 'pairs.tsv'}: file is empty"
-    msg = error_of(read_pairs, write(tmp_path, "gold.tsv", "p0\tp1\tlabel\n"))
-    assert "gold.tsv:" in msg and "no pairs" in msg
+@pytest.mark.parametrize(("reader", "name", "content", "kwargs", "lines", "fragments"), BAD_INPUT)
+def test_bad_input_names_file_line_and_problem(
+    tmp_path, reader, name: str, content: str | None, kwargs: dict, lines: list, fragments: list[str]
+) -> None:
+    path = tmp_path / name if content is None else write(tmp_path, name, content)
+    with pytest.raises((InputError, InputErrors)) as info:
+        reader(path, **kwargs)
+    errors = info.value.errors if isinstance(info.value, InputErrors) else [info.value]
+    assert [e.line for e in errors] == lines
+    message = str(info.value)
+    assert len(message.splitlines()) == len(lines)  # one line per problem
+    for fragment in fragments:
+        assert fragment.format(path=path) in message
 
 
 def test_pairs_missing_ids_against_fasta(tmp_path):
@@ -304,84 +232,6 @@ def test_symmetry_classes_and_multi_hot():
     assert len(SYMMETRY_CLASSES) == 18 and SYMMETRY_CLASSES[6] == "C7-C9" and SYMMETRY_CLASSES[-1] == "other"
     vector = multi_hot(("C1", "other"))
     assert len(vector) == 18 and vector[0] == 1.0 and vector[17] == 1.0 and sum(vector) == 2.0
-
-
-def test_symmetry_tsv(tmp_path):
-    path = write(
-        tmp_path,
-        "table.tsv",
-        "id\tsequence\tlabel\tsplit\nA1\tmkvla*\tC8 C2 C9\ttraining\nA2\tMKV\tD9;H\tdev\n\t MK V \tother\ttest\n",
-    )
-    records = read_symmetry_table(path)
-    assert [(r.id, r.sequence, r.labels, r.split, r.line) for r in records] == [
-        ("A1", "MKVLA", ("C2", "C7-C9"), "train", 2),
-        ("A2", "MKV", ("D6-D12", "H"), "val", 3),
-        ("seq4", "MKV", ("other",), "test", 4),
-    ]
-
-
-def test_symmetry_csv_with_quotes(tmp_path):
-    path = write(tmp_path, "table.csv", 'sequence,label\n"MKV","C2, D2"\nMKA,"C20"\n')
-    records = read_symmetry_table(path)
-    assert [(r.id, r.sequence, r.labels, r.split) for r in records] == [
-        ("seq2", "MKV", ("C2", "D2"), None),
-        ("seq3", "MKA", ("other",), None),
-    ]
-
-
-def test_symmetry_bad_code(tmp_path):
-    path = write(tmp_path, "table.tsv", "sequence\tlabel\nMKV\tC2\nMKV\tC1\nMKV\tC3\nMKV\tC2 Q7\n")
-    msg = error_of(read_symmetry_table, path)
-    assert "table.tsv:5:" in msg
-    assert "label 'Q7' is not a symmetry code (expected C<n>, D<n>, H, O, T, I or other)" in msg
-
-
-def test_symmetry_d1_is_invalid(tmp_path):
-    path = write(tmp_path, "table.tsv", "sequence\tlabel\nMKV\tD1\n")
-    msg = error_of(read_symmetry_table, path)
-    assert "table.tsv:2:" in msg and "label 'D1' is not a symmetry code" in msg
-
-
-def test_symmetry_missing_column(tmp_path):
-    path = write(tmp_path, "table.tsv", "sequence\tlabels\nMKV\tC2\n")
-    msg = error_of(read_symmetry_table, path)
-    assert "table.tsv:1:" in msg and "no 'label' column" in msg
-
-
-def test_symmetry_empty_label(tmp_path):
-    path = write(tmp_path, "table.tsv", "sequence\tlabel\nMKV\tC2\nMKV\t \n")
-    msg = error_of(read_symmetry_table, path)
-    assert "table.tsv:3:" in msg and "label of sequence 'seq3' is empty" in msg
-
-
-def test_symmetry_empty_sequence_and_bad_letter(tmp_path):
-    path = write(tmp_path, "table.tsv", "id\tsequence\tlabel\nA1\t\tC2\nA2\tMKJ\tC2\n")
-    with pytest.raises(InputErrors) as info:
-        read_symmetry_table(path)
-    msg = str(info.value)
-    assert "table.tsv:2: sequence 'A1' is empty" in msg
-    assert "table.tsv:3: sequence 'A2' contains 'J' at position 3" in msg
-
-
-def test_symmetry_bad_split_and_duplicate_id(tmp_path):
-    path = write(
-        tmp_path,
-        "table.tsv",
-        "id\tsequence\tlabel\tsplit\nP1\tMKV\tC2\ttrain\nP1\tMKV\tC3\ttrain\nP1\tMKA\tC2\ttest\nP2\tMKV\tC2\tfoo\n",
-    )
-    with pytest.raises(InputErrors) as info:
-        read_symmetry_table(path)
-    msg = str(info.value)
-    assert "table.tsv:4: id 'P1' appears again (line 2) with a different sequence" in msg
-    assert "table.tsv:5: split 'foo' is not a split name" in msg
-    assert len(info.value.errors) == 2
-
-
-def test_symmetry_wrong_field_count_and_empty_file(tmp_path):
-    msg = error_of(read_symmetry_table, write(tmp_path, "table.tsv", "sequence\tlabel\nMKV\n"))
-    assert "table.tsv:2:" in msg and "expected 2 fields" in msg
-    msg = error_of(read_symmetry_table, write(tmp_path, "empty.tsv", ""))
-    assert "empty.tsv: file is empty" in msg
 
 
 # ---------------------------------------------------------------------------------------------------- splits
