@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from protpeft.data.fasta import raise_collected, read_input_text
-from protpeft.data.splits import normalize_split_name, split_problem
+from protpeft.data.tables import RowCheck, column_positions
 from protpeft.errors import ConfigError, InputError
 
 __all__ = ["PairRecord", "check_pairs_against_sequences", "detect_layout", "read_pairs"]
@@ -54,8 +55,53 @@ def detect_layout(first_line: str) -> Literal["dscript", "gold"]:
 
 def _split_dscript(line: str) -> list[str]:
     if "\t" in line:
-        return [f.strip() for f in line.split("\t")]
+        return [f.strip() for f in line.rstrip().split("\t")]
     return line.split()
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Where a layout keeps a pair's fields, and how it names them in messages."""
+
+    names: list[str]
+    split_line: Callable[[str], list[str]]
+    a: int = 0
+    b: int = 1
+    label: int = 2
+    split: int | None = None
+    id_names: tuple[str, str] = ("first protein id", "second protein id")
+
+
+_DSCRIPT = _Columns(["protein", "protein", "label"], _split_dscript)
+_GOLD_NEEDS = "the gold-standard layout needs columns p0, p1, label and optionally split"
+
+
+def _gold_columns(path: str | Path, header_number: int, header_line: str) -> _Columns:
+    delimiter = "\t" if "\t" in header_line else "," if "," in header_line else None
+
+    def split_line(line: str) -> list[str]:
+        if delimiter is None:
+            return line.split()
+        return [f.strip() for f in next(csv.reader([line.rstrip()], delimiter=delimiter))]
+
+    names = [c.lower() for c in split_line(header_line)]
+    at = column_positions(path, header_number, names, ("p0", "p1", "label"), _GOLD_NEEDS)
+    ids = ("protein id in column 'p0'", "protein id in column 'p1'")
+    return _Columns(names, split_line, at["p0"], at["p1"], at["label"], at.get("split"), ids)
+
+
+def _pair(row: RowCheck, fields: list[str], columns: _Columns) -> PairRecord | None:
+    """The pair on a row whose field count is right, or None after adding its problems to the row."""
+    a, b = fields[columns.a], fields[columns.b]
+    for name, value in zip(columns.id_names, (a, b), strict=True):
+        if not value:
+            row.problem(f"{name} is empty")
+    raw_label = fields[columns.label]
+    label = _parse_label(raw_label)
+    if label is None:
+        row.problem(_label_problem(raw_label))
+    split = row.split(fields[columns.split] if columns.split is not None else None)
+    return PairRecord(a, b, label, split, row.line) if row.ok and label is not None else None
 
 
 def read_pairs(path: str | Path, layout: Layout = "auto") -> list[PairRecord]:
@@ -70,87 +116,26 @@ def read_pairs(path: str | Path, layout: Layout = "auto") -> list[PairRecord]:
         InputError / InputErrors: every problem (field count, label, empty id, split name) with its line.
         ConfigError: ``layout`` is not one of auto, dscript, gold.
     """
+    if layout not in ("auto", "dscript", "gold"):
+        raise ConfigError(f"unknown pairs layout {layout!r} (expected auto, dscript or gold)")
     text = read_input_text(path)
-    lines = text.splitlines()
-    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not numbered:
         raise InputError(path, None, "file is empty")
     if layout == "auto":
         layout = detect_layout(numbered[0][1])
+    if layout == "gold":
+        columns, body = _gold_columns(path, *numbered[0]), numbered[1:]
+    else:
+        columns, body = _DSCRIPT, numbered
+
     errors: list[InputError] = []
     records: list[PairRecord] = []
-
-    if layout == "dscript":
-        for number, line in numbered:
-            fields = _split_dscript(line.rstrip())
-            if len(fields) != 3:
-                errors.append(
-                    InputError(path, number, f"expected 3 fields (protein, protein, label), found {len(fields)}")
-                )
-                continue
-            a, b, raw_label = fields
-            ok = True
-            for column, value in (("first", a), ("second", b)):
-                if not value:
-                    errors.append(InputError(path, number, f"{column} protein id is empty"))
-                    ok = False
-            label = _parse_label(raw_label)
-            if label is None:
-                errors.append(InputError(path, number, _label_problem(raw_label)))
-                ok = False
-            if ok:
-                records.append(PairRecord(a, b, label, None, number))
-    elif layout == "gold":
-        header_number, header_line = numbered[0]
-        delimiter = "\t" if "\t" in header_line else "," if "," in header_line else None
-
-        def split_fields(line: str) -> list[str]:
-            if delimiter is None:
-                return line.split()
-            return [f.strip() for f in next(csv.reader([line.rstrip()], delimiter=delimiter))]
-
-        columns = [c.lower() for c in split_fields(header_line)]
-        missing = [c for c in ("p0", "p1", "label") if c not in columns]
-        if missing:
-            names = ", ".join(f"'{c}'" for c in missing)
-            raise InputError(
-                path,
-                header_number,
-                f"header has no {names} column{'s' if len(missing) > 1 else ''} "
-                f"(the gold-standard layout needs columns p0, p1, label and optionally split; found {columns})",
-            )
-        i_a, i_b, i_label = columns.index("p0"), columns.index("p1"), columns.index("label")
-        i_split = columns.index("split") if "split" in columns else None
-        for number, line in numbered[1:]:
-            fields = split_fields(line)
-            if len(fields) != len(columns):
-                errors.append(
-                    InputError(
-                        path, number, f"expected {len(columns)} fields ({', '.join(columns)}), found {len(fields)}"
-                    )
-                )
-                continue
-            a, b, raw_label = fields[i_a], fields[i_b], fields[i_label]
-            ok = True
-            for column, value in (("p0", a), ("p1", b)):
-                if not value:
-                    errors.append(InputError(path, number, f"protein id in column '{column}' is empty"))
-                    ok = False
-            label = _parse_label(raw_label)
-            if label is None:
-                errors.append(InputError(path, number, _label_problem(raw_label)))
-                ok = False
-            split = None
-            if i_split is not None:
-                split = normalize_split_name(fields[i_split])
-                if split is None:
-                    errors.append(InputError(path, number, split_problem(fields[i_split])))
-                    ok = False
-            if ok:
-                records.append(PairRecord(a, b, label, split, number))
-    else:
-        raise ConfigError(f"unknown pairs layout {layout!r} (expected auto, dscript or gold)")
-
+    for number, line in body:
+        row = RowCheck(path, number, errors)
+        fields = columns.split_line(line)
+        if row.has_fields(fields, columns.names) and (record := _pair(row, fields, columns)) is not None:
+            records.append(record)
     raise_collected(errors)
     if not records:
         raise InputError(path, None, "file has no pairs (only a header)")

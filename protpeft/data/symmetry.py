@@ -10,7 +10,7 @@ from pathlib import Path
 
 from protpeft.data.alphabet import bad_letter_problem, count_bad_letters, first_bad_letter, normalize_sequence
 from protpeft.data.fasta import raise_collected, read_input_text
-from protpeft.data.splits import normalize_split_name, split_problem
+from protpeft.data.tables import RowCheck, column_positions
 from protpeft.errors import InputError
 
 __all__ = ["SYMMETRY_CLASSES", "SequenceRecord", "multi_hot", "read_symmetry_table", "symmetry_class"]
@@ -39,6 +39,7 @@ _CLASS_INDEX = {name: i for i, name in enumerate(SYMMETRY_CLASSES)}
 _CODE = re.compile(r"([CD])(\d+)")
 _LABEL_SEPARATORS = re.compile(r"[\s,;]+")
 CODE_EXPECTED = "expected C<n>, D<n>, H, O, T, I or other"
+_NEEDS = "a symmetry table needs columns sequence and label, optionally id and split"
 
 
 def symmetry_class(code: str) -> str | None:
@@ -117,18 +118,8 @@ def read_symmetry_table(path: str | Path) -> list[SequenceRecord]:
         if any(field.strip() for field in row):
             header, header_line = [c.strip().lower() for c in row], start
             break
-    missing = [c for c in ("sequence", "label") if c not in header]
-    if missing:
-        names = " and ".join(f"'{c}'" for c in missing)
-        raise InputError(
-            path,
-            header_line,
-            f"header has no {names} column{'s' if len(missing) > 1 else ''} "
-            f"(a symmetry table needs columns sequence and label, optionally id and split; found {header})",
-        )
-    i_seq, i_label = header.index("sequence"), header.index("label")
-    i_split = header.index("split") if "split" in header else None
-    i_id = header.index("id") if "id" in header else None
+    at = column_positions(path, header_line, header, ("sequence", "label"), _NEEDS)
+    i_seq, i_label, i_split, i_id = at["sequence"], at["label"], at.get("split"), at.get("id")
 
     errors: list[InputError] = []
     records: list[SequenceRecord] = []
@@ -138,56 +129,41 @@ def read_symmetry_table(path: str | Path) -> list[SequenceRecord]:
             start, end = end + 1, reader.line_num
             if not any(field.strip() for field in row):
                 continue
-            if len(row) != len(header):
-                errors.append(
-                    InputError(path, start, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}")
-                )
+            check = RowCheck(path, start, errors)
+            if not check.has_fields(row, header):
                 continue
             seq_id = row[i_id].strip() if i_id is not None else ""
             seq_id = seq_id or f"seq{start}"
-            ok = True
 
             sequence = normalize_sequence(row[i_seq])
             if not sequence:
-                errors.append(InputError(path, start, f"sequence '{seq_id}' is empty"))
-                ok = False
+                check.problem(f"sequence '{seq_id}' is empty")
             else:
                 bad = first_bad_letter(sequence)
                 if bad is not None:
-                    more = count_bad_letters(sequence) - 1
-                    errors.append(InputError(path, start, bad_letter_problem(seq_id, bad[0], bad[1], more)))
-                    ok = False
+                    check.problem(bad_letter_problem(seq_id, bad[0], bad[1], count_bad_letters(sequence) - 1))
 
             codes = [c for c in _LABEL_SEPARATORS.split(row[i_label]) if c]
             classes: set[str] = set()
             if not codes:
-                errors.append(InputError(path, start, f"label of sequence '{seq_id}' is empty ({CODE_EXPECTED})"))
-                ok = False
+                check.problem(f"label of sequence '{seq_id}' is empty ({CODE_EXPECTED})")
             for code in codes:
                 name = symmetry_class(code)
                 if name is None:
-                    errors.append(InputError(path, start, f"label '{code}' is not a symmetry code ({CODE_EXPECTED})"))
-                    ok = False
+                    check.problem(f"label '{code}' is not a symmetry code ({CODE_EXPECTED})")
                 else:
                     classes.add(name)
 
-            split = None
-            if i_split is not None:
-                split = normalize_split_name(row[i_split])
-                if split is None:
-                    errors.append(InputError(path, start, split_problem(row[i_split])))
-                    ok = False
+            split = check.split(row[i_split] if i_split is not None else None)
 
-            if ok and i_id is not None and row[i_id].strip():
+            if check.ok and i_id is not None and row[i_id].strip():
                 if seq_id in first_seen:
                     seen_line, seen_sequence = first_seen[seq_id]
                     if seen_sequence != sequence:
-                        problem = f"id '{seq_id}' appears again (line {seen_line}) with a different sequence"
-                        errors.append(InputError(path, start, problem))
-                        ok = False
+                        check.problem(f"id '{seq_id}' appears again (line {seen_line}) with a different sequence")
                 else:
                     first_seen[seq_id] = (start, sequence)
-            if ok:
+            if check.ok:
                 labels = tuple(name for name in SYMMETRY_CLASSES if name in classes)
                 records.append(SequenceRecord(seq_id, sequence, labels, split, start))
     except csv.Error as err:
