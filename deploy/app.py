@@ -34,6 +34,7 @@ from ray import serve
 
 from protpeft.artifact import ArtifactError
 from protpeft.errors import ProtpeftError
+from protpeft.modes import MODES
 from protpeft.registry import ModelRef, ModelVersionInfo, RegistryError, get_version, parse_ref, pull
 
 from .model_store import ModelReleased, ModelStore, PredictionJob, ServedModel, SharedBase
@@ -352,7 +353,8 @@ class ModelServer:
         return ServedModelInfo(
             name=name, ref=str(route.ref), version=info.version, aliases=list(info.aliases), task=info.task,
             mode=info.mode, base_model=info.base_model, base_fingerprint=fingerprint,
-            backbone="own (full fine-tuning: its whole backbone, loaded separately)" if info.mode == "full"
+            backbone="own (full fine-tuning: its whole backbone, loaded separately)"
+            if getattr(MODES.get(info.mode or ""), "own_backbone", False)
             else f"shared base {fingerprint}",
             loaded=loaded is not None, metrics=dict(info.metrics),
         )  # fmt: skip

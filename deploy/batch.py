@@ -64,9 +64,9 @@ def predict_chunk(
 def _resolve(model: str, tracking_uri: str) -> tuple[str, str]:
     """(what tasks load: an absolute run directory or ``name/version``, the task)."""
     if Path(model).is_dir():
-        from protpeft.artifact import read_artifact_meta
+        from protpeft.artifact import read_artifact
 
-        return str(Path(model).resolve()), str(read_artifact_meta(model)["task"])
+        return str(Path(model).resolve()), read_artifact(model).task
     from protpeft.registry import get_version
 
     info = get_version(model, tracking_uri)

@@ -24,17 +24,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from protpeft.artifact import ArtifactError, read_head
-from protpeft.data.tokens import TokenEncoder
+from protpeft.artifact import RunArtifact, read_artifact
 from protpeft.deploy.schemas import (
     StorageReport,
 )
-from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer
-from protpeft.models.classifier import ClassificationHead, ProteinClassifier, ProteinEncoder
+from protpeft.models.assembly import assemble_task_model, load_checked_base
+from protpeft.models.backbone import load_tokenizer
 from protpeft.predict import Predictor
 from protpeft.registry import ModelVersionInfo
 from protpeft.registry.load import resolve_base
-from protpeft.tasks import TASKS
 
 __all__ = ["ModelReleased", "ModelStore", "PredictionJob", "ServedModel", "SharedBase"]
 
@@ -164,48 +162,34 @@ class ModelStore:
 
     def load(self, model_id: str, info: ModelVersionInfo, run_dir: Path) -> ServedModel:
         """Put a pulled (and verified) run directory into memory, sharing its base when one is loaded."""
-        from protpeft.artifact import read_artifact_meta
-
-        meta = read_artifact_meta(run_dir)
-        mode = meta["mode"]
+        artifact = read_artifact(run_dir)
+        mode = artifact.mode_spec
         base = adapter = None
-        if mode == "full":
-            backbone = load_backbone(str(run_dir / "backbone"))
-            tokenizer = load_tokenizer(str(run_dir / "backbone"))
+        if mode.own_backbone:
+            classifier, tokens = assemble_task_model(artifact, run_dir)
         else:
-            base = self._base_for(meta)
-            backbone, tokenizer = base.backbone, base.tokenizer
-            if mode == "lora":
+            base = self._base_for(artifact, run_dir)
+            if mode.adapter:
                 adapter = f"{model_id}~{next(self._serial)}"
                 base.add_adapter(run_dir, adapter)
             base.users.add(adapter or model_id)
-        tokens = TokenEncoder(tokenizer, crop=int(meta["crop"]))
-        head_state = read_head(run_dir)
-        spec = TASKS[meta["task"]]
-        head = ClassificationHead(backbone.config.hidden_size, head_state["net.1.weight"].shape[0], spec.outputs, 0.0)
-        head.load_state_dict(head_state)
-        encoder = ProteinEncoder(backbone, meta["pooling"], tokens.special_ids)
-        classifier = ProteinClassifier(encoder, head, spec.members)
-        predictor = Predictor(classifier, tokens, meta)
+            classifier, tokens = assemble_task_model(
+                artifact, run_dir, backbone=base.backbone, tokenizer=base.tokenizer
+            )
+        predictor = Predictor(classifier, tokens, artifact)
         model = ServedModel(model_id, info, predictor.task, predictor.label_names, predictor, base, adapter, self)
         self.models[model_id] = model
-        log.info("loaded %s (%s, %s)", model_id, mode, f"base {base.fingerprint}" if base else "own backbone")
+        log.info("loaded %s (%s, %s)", model_id, artifact.mode, f"base {base.fingerprint}" if base else "own backbone")
         return model
 
-    def _base_for(self, meta: dict[str, Any]) -> SharedBase:
-        fingerprint = str(meta["base_fingerprint"])
+    def _base_for(self, artifact: RunArtifact, run_dir: Path) -> SharedBase:
+        fingerprint = artifact.base_fingerprint
         if fingerprint in self.bases:
             return self.bases[fingerprint]
-        location = resolve_base(meta, self.base_override)
+        location = resolve_base(artifact, self.base_override)
         if self.workdir is not None and not Path(location).is_absolute() and (self.workdir / location).is_dir():
             location = str(self.workdir / location)  # a run's relative model.base, as the driver sees it
-        backbone = load_backbone(location)
-        found = backbone_fingerprint(backbone)
-        if found != fingerprint:
-            raise ArtifactError(
-                f"base model {location!r} has fingerprint {found}, but this {meta['mode']} artefact was trained on "
-                f"{meta['base_model']!r} with fingerprint {fingerprint}; refusing to combine them"
-            )
+        backbone = load_checked_base(artifact, location, run_dir)
         self.bases[fingerprint] = SharedBase(fingerprint, location, backbone, load_tokenizer(location))
         return self.bases[fingerprint]
 
@@ -257,9 +241,7 @@ class ModelStore:
             raise ModelReleased(f"{model.model_id} was released before its batch ran")
         context = model.base.active(model.adapter) if model.base is not None else nullcontext()
         with context:
-            if model.predictor.task == "ppi":
-                return model.predictor.predict(pairs=examples, batch_size=batch_size)
-            return model.predictor.predict(sequences=[e[0] for e in examples], batch_size=batch_size)
+            return model.predictor.predict_examples(examples, batch_size=batch_size)
 
     def storage(self) -> StorageReport:
         """Parameter bytes measured on the tensors themselves, deduplicated by storage address."""

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protpeft.data.alphabet import ESM_LETTERS
 from protpeft.predict import clean_sequences
+from protpeft.tasks import TASKS
 
 __all__ = [
     "AddModelRequest",
@@ -195,15 +196,14 @@ def check_inputs(request: PredictRequest, task: str, limits: Limits) -> list[tup
     if len(given) > limits.max_items:
         raise RequestError(413, f"{len(given)} items in one request; this server accepts at most "
                                 f"{limits.max_items}: split the request")  # fmt: skip
-    if task == "ppi":
-        if request.pairs is None:
-            raise RequestError(422, 'this is a PPI model: send {"pairs": [[seq_a, seq_b], ...]}, not "sequences"')
-        columns = [clean_or_422([p[m] for p in request.pairs], "pair") for m in range(2)]
-        examples = list(zip(*columns, strict=True))
-    else:
-        if request.sequences is None:
-            raise RequestError(422, f'this is a {task} model: send {{"sequences": [seq, ...]}}, not "pairs"')
-        examples = [(s,) for s in clean_or_422(request.sequences, "sequence")]
+    spec = TASKS[task]
+    items = getattr(request, spec.inputs)
+    if items is None:
+        sent = "pairs" if request.pairs is not None else "sequences"
+        raise RequestError(422, f'this is a {spec.title} model: send {{"{spec.inputs}": {spec.input_example}}}, '
+                                f'not "{sent}"')  # fmt: skip
+    members = spec.as_examples(items)  # pydantic has checked the pairs' length
+    examples = list(zip(*[clean_or_422([e[m] for e in members], spec.item) for m in range(spec.members)], strict=True))
     for i, example in enumerate(examples):
         for seq in example:
             if len(seq) > limits.max_length:

@@ -14,8 +14,19 @@ import numpy as np
 
 from protpeft.errors import ProtpeftError
 from protpeft.predict import Predictor
+from protpeft.tasks import TASKS
 
-__all__ = ["predict_examples", "predict_files", "progress_bar", "read_prediction_inputs", "write_predictions"]
+__all__ = [
+    "pair_rows",
+    "predict_examples",
+    "predict_files",
+    "progress_bar",
+    "read_pair_inputs",
+    "read_prediction_inputs",
+    "read_sequence_inputs",
+    "sequence_rows",
+    "write_predictions",
+]
 
 CHUNK_BATCHES = 8
 """Batches per progress step: small enough to move the bar, large enough to keep length-sorted batches full."""
@@ -43,9 +54,7 @@ def predict_examples(
     length-sorted chunks so that a progress bar can follow; order kept."""
 
     def run(part: Sequence[tuple[str, ...]]) -> np.ndarray:
-        if predictor.task == "ppi":
-            return predictor.predict(pairs=part, batch_size=batch_size)
-        return predictor.predict(sequences=[e[0] for e in part], batch_size=batch_size)
+        return predictor.predict_examples(part, batch_size=batch_size)
 
     if not examples:
         return run(examples)
@@ -66,19 +75,29 @@ def predict_examples(
 def read_prediction_inputs(
     task: str, pairs: Path | None, sequences: Path | None, fasta: Path | None
 ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], list[float | None]]:
-    """(ids per example, sequences per example, known labels or None) read through the validating readers."""
+    """(ids per example, sequences per example, known labels or None) read through the validating readers of
+    ``task`` (its :data:`~protpeft.tasks.TASKS` row's ``read_prediction_inputs``)."""
+    return TASKS[task].read_prediction_inputs(pairs, sequences, fasta)
+
+
+def read_pair_inputs(pairs: Path | None, sequences: Path | None, fasta: Path | None):
+    """PPI: a pairs file (its labels, when present, are kept for the TSV) and the FASTA it names."""
+    from protpeft.data.fasta import read_fasta
+    from protpeft.data.pairs import check_pairs_against_sequences, read_pairs
+
+    if pairs is None or sequences is None:
+        raise ProtpeftError("a PPI model needs --pairs and --sequences")
+    seqs = read_fasta(sequences)
+    records = read_pairs(pairs)
+    check_pairs_against_sequences(records, seqs, pairs, sequences)
+    ids = [(r.a, r.b) for r in records]
+    return ids, [(seqs[r.a], seqs[r.b]) for r in records], [float(r.label) for r in records]
+
+
+def read_sequence_inputs(pairs: Path | None, sequences: Path | None, fasta: Path | None):
+    """Symmetry: the sequences of a FASTA file."""
     from protpeft.data.fasta import read_fasta
 
-    if task == "ppi":
-        if pairs is None or sequences is None:
-            raise ProtpeftError("a PPI model needs --pairs and --sequences")
-        from protpeft.data.pairs import check_pairs_against_sequences, read_pairs
-
-        seqs = read_fasta(sequences)
-        records = read_pairs(pairs)
-        check_pairs_against_sequences(records, seqs, pairs, sequences)
-        ids = [(r.a, r.b) for r in records]
-        return ids, [(seqs[r.a], seqs[r.b]) for r in records], [float(r.label) for r in records]
     source = fasta or sequences
     if source is None:
         raise ProtpeftError("a symmetry model needs --input sequences.fasta")
@@ -86,19 +105,34 @@ def read_prediction_inputs(
     return [(k,) for k in seqs], [(v,) for v in seqs.values()], [None] * len(seqs)
 
 
+def pair_rows(label_names: Sequence[str], ids, probs, predicted, labels) -> tuple[list[str], Iterator[list]]:
+    """PPI's TSV: both ids, the probability, the 0/1 prediction and the known label (blank when unknown)."""
+    rows = (
+        [a, b, f"{p:.6f}", pred, "" if label is None else int(label)]
+        for (a, b), p, pred, label in zip(ids, probs, predicted, labels, strict=True)
+    )
+    return ["p0", "p1", "probability", "prediction", "label"], rows
+
+
+def sequence_rows(label_names: Sequence[str], ids, probs, predicted, labels) -> tuple[list[str], Iterator[list]]:
+    """Symmetry's TSV: the id, one probability per class and the predicted class names."""
+    rows = (
+        [sid, *[f"{p:.6f}" for p in row], " ".join(names)]
+        for (sid,), row, names in zip(ids, probs, predicted, strict=True)
+    )
+    return ["id", *[f"p_{n}" for n in label_names], "labels"], rows
+
+
 def write_predictions(path: Path, predictor: Predictor, ids, probs, labels) -> None:
+    """The predictions TSV (written through a temporary file), in the task's row layout."""
+    predicted = predictor.labels(probs)
+    header, rows = TASKS[predictor.task].prediction_rows(predictor.label_names, ids, probs, predicted, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        if predictor.task == "ppi":
-            writer.writerow(["p0", "p1", "probability", "prediction", "label"])
-            for (a, b), p, pred, label in zip(ids, probs, predictor.labels(probs), labels, strict=True):
-                writer.writerow([a, b, f"{p:.6f}", pred, "" if label is None else int(label)])
-        else:
-            writer.writerow(["id", *[f"p_{n}" for n in predictor.label_names], "labels"])
-            for (sid,), row, names in zip(ids, probs, predictor.labels(probs), strict=True):
-                writer.writerow([sid, *[f"{p:.6f}" for p in row], " ".join(names)])
+        writer.writerow(header)
+        writer.writerows(rows)
     tmp.replace(path)
 
 

@@ -177,10 +177,14 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _inputs_match_task(self) -> RunConfig:
-        if self.task == "ppi" and self.data.table is not None and self.data.pairs is None:
-            raise ValueError("task ppi reads data.pairs + data.sequences, but only data.table is set")
-        if self.task == "symmetry" and self.data.pairs is not None and self.data.table is None:
-            raise ValueError("task symmetry reads data.table, but only data.pairs is set")
+        from protpeft.tasks import TASKS  # the task table names data-layer code: config stays first in the flow
+
+        spec = TASKS[self.task]
+        others = [s.data_fields[0] for s in TASKS.values() if s is not spec]  # the key that identifies each task
+        given = [f"data.{key}" for key in others if getattr(self.data, key) is not None]
+        if getattr(self.data, spec.data_fields[0]) is None and given:
+            wanted = " + ".join(f"data.{key}" for key in spec.data_fields)
+            raise ValueError(f"task {self.task} reads {wanted}, but only {', '.join(given)} is set")
         return self
 
     @property

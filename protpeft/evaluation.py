@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from protpeft.artifact import read_artifact_meta
-from protpeft.config import config_from_dict, load_config
+from protpeft.artifact import ARTIFACT_FILE, read_artifact
+from protpeft.config import apply_overrides, config_from_dict, load_config
 from protpeft.data.datasets import load_task_data
 from protpeft.metrics import task_metrics
 from protpeft.predict import Predictor
@@ -23,18 +23,19 @@ def evaluate_run(
     split: str = "test",
     base: str | None = None,
 ) -> dict[str, Any]:
-    meta = read_artifact_meta(run_dir)
-    cfg = load_config(config, overrides) if config else config_from_dict(meta["config"], f"{run_dir}/protpeft.json")
+    """Metrics of ``run_dir``'s model on ``split`` of the data of ``config`` (default: the run's own config), with
+    ``overrides`` (``--set`` items) applied to whichever config is used."""
+    if config is not None:
+        cfg = load_config(config, overrides)
+    else:
+        recorded = read_artifact(run_dir).config
+        cfg = config_from_dict(apply_overrides(recorded, overrides), f"{run_dir}/{ARTIFACT_FILE}")
     data = load_task_data(cfg.task, cfg.data)
     if split not in data.splits:
         raise ValueError(f"unknown split {split!r}")
     predictor = Predictor.from_run_dir(run_dir, base=base)
     examples = data.splits[split]
-    members = [tuple(data.sequences[m] for m in e.members) for e in examples]
-    if predictor.task == "ppi":
-        probs = predictor.predict(pairs=members).reshape(-1, 1)
-    else:
-        probs = predictor.predict(sequences=[m[0] for m in members])
+    probs = predictor.predict_examples([tuple(data.sequences[m] for m in e.members) for e in examples])
     targets = np.array([e.target for e in examples])
     metrics = task_metrics(predictor.task, probs, targets, predictor.label_names)
     return {

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-__all__ = ["binary_metrics", "multilabel_metrics", "task_metrics"]
+from protpeft.tasks import TASKS
+
+__all__ = ["binary_metrics", "multilabel_metrics", "single_label_metrics", "task_metrics"]
 
 THRESHOLD = 0.5
 
@@ -63,7 +65,11 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, label_names: Sequ
     return out
 
 
+def single_label_metrics(probs: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+    """A task with one binary output (PPI): :func:`binary_metrics` under the plain names."""
+    return binary_metrics(probs, targets)
+
+
 def task_metrics(task: str, probs: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    if task == "ppi":
-        return binary_metrics(probs, targets)
-    return multilabel_metrics(probs, targets, label_names)
+    """The metric function of ``task``'s :data:`~protpeft.tasks.TASKS` row."""
+    return TASKS[task].metrics(probs, targets, label_names)

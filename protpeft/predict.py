@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from protpeft.artifact import ArtifactError, check_artifact_files, read_head
+from protpeft.artifact import RunArtifact, check_artifact_files
 from protpeft.data.alphabet import first_bad_letter, normalize_sequence
 from protpeft.data.tokens import TokenEncoder
-from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer, quiet_hf
-from protpeft.models.classifier import ClassificationHead, ProteinClassifier, ProteinEncoder
+from protpeft.models.assembly import assemble_task_model
+from protpeft.models.classifier import ProteinClassifier
 from protpeft.tasks import TASKS
 
-__all__ = ["Predictor", "clean_sequences", "predict_batches"]
+__all__ = ["Predictor", "clean_examples", "clean_sequences", "predict_batches"]
+
+
+def clean_examples(examples: Sequence[tuple[str, ...]], members: int, what: str) -> list[tuple[str, ...]]:
+    """:func:`clean_sequences` over each member of tuples of ``members`` sequences."""
+    columns = [clean_sequences([e[m] for e in examples], what) for m in range(members)]
+    return list(zip(*columns, strict=True))
 
 
 def clean_sequences(sequences: Sequence[str], what: str = "sequence") -> list[str]:
@@ -54,15 +60,19 @@ def predict_batches(
 
 
 class Predictor:
-    """A ready model for one task. ``predict(pairs=...)`` for PPI, ``predict(sequences=...)`` for symmetry."""
+    """A ready model for one task: ``predict(pairs=...)`` for PPI, ``predict(sequences=...)`` for symmetry (the
+    task's ``inputs``), or ``predict_examples`` with tuples of member sequences for any task."""
 
-    def __init__(self, model: ProteinClassifier, tokens: TokenEncoder, meta: dict[str, Any], device="cpu") -> None:
+    def __init__(
+        self, model: ProteinClassifier, tokens: TokenEncoder, artifact: RunArtifact | Mapping[str, Any], device="cpu"
+    ) -> None:
+        """``artifact``: the run's :class:`~protpeft.artifact.RunArtifact` (or its ``protpeft.json`` mapping)."""
         self.model = model.to(device).eval()
         self.tokens = tokens
-        self.meta = meta
+        self.artifact = artifact if isinstance(artifact, RunArtifact) else RunArtifact.from_json(artifact)
         self.device = torch.device(device)
-        self.task = meta["task"]
-        self.label_names: tuple[str, ...] = tuple(meta["label_names"])
+        self.task = self.artifact.task
+        self.label_names: tuple[str, ...] = tuple(self.artifact.label_names)
 
     @classmethod
     def from_run_dir(
@@ -70,32 +80,9 @@ class Predictor:
     ) -> Predictor:
         """Load a run directory (safetensors/JSON only). ``base`` replaces the recorded base model location (e.g.
         a local copy of the hub checkpoint); its weights must have the recorded fingerprint."""
-        run_dir = Path(run_dir)
-        meta = check_artifact_files(run_dir)
-        base = base or meta["base_model"]
-        mode = meta["mode"]
-        backbone = load_backbone(str(run_dir / "backbone") if mode == "full" else base)
-        if mode != "full" and check_fingerprint:
-            found = backbone_fingerprint(backbone)
-            if found != meta["base_fingerprint"]:
-                raise ArtifactError(
-                    f"{run_dir}: base model {base!r} has fingerprint {found}, but this {mode} artefact was trained on "
-                    f"{meta['base_model']!r} with fingerprint {meta['base_fingerprint']}; refusing to combine them"
-                )
-        if mode == "lora":
-            from peft import PeftModel
-
-            with quiet_hf():
-                backbone = PeftModel.from_pretrained(backbone, run_dir)
-        tokenizer = load_tokenizer(str(run_dir / "backbone") if mode == "full" else base)
-        tokens = TokenEncoder(tokenizer, crop=int(meta["crop"]))
-        spec = TASKS[meta["task"]]
-        head_state = read_head(run_dir)
-        hidden = head_state["net.1.weight"].shape[0]
-        head = ClassificationHead(backbone.config.hidden_size, hidden, spec.outputs, dropout=0.0)
-        head.load_state_dict(head_state)
-        model = ProteinClassifier(ProteinEncoder(backbone, meta["pooling"], tokens.special_ids), head, spec.members)
-        return cls(model, tokens, meta, device)
+        artifact = check_artifact_files(run_dir)
+        model, tokens = assemble_task_model(artifact, run_dir, base, check_fingerprint=check_fingerprint)
+        return cls(model, tokens, artifact, device)
 
     def predict(
         self,
@@ -104,23 +91,21 @@ class Predictor:
         batch_size: int = 16,
     ) -> np.ndarray:
         """Probabilities: (N,) for PPI pairs, (N, classes) for symmetry sequences."""
-        if self.task == "ppi":
-            if pairs is None or sequences is not None:
-                raise ValueError("this is a PPI model: pass pairs=[(seq_a, seq_b), ...]")
-            bad = [i for i, p in enumerate(pairs) if len(p) != 2]
-            if bad:
-                raise ValueError(f"pair {bad[0]} does not hold exactly two sequences")
-            a = clean_sequences([p[0] for p in pairs], "pair")
-            b = clean_sequences([p[1] for p in pairs], "pair")
-            examples = list(zip(a, b, strict=True))
-            return predict_batches(self.model, self.tokens, examples, batch_size, self.device)[:, 0]
-        if sequences is None or pairs is not None:
-            raise ValueError("this is a symmetry model: pass sequences=[seq, ...]")
-        examples = [(s,) for s in clean_sequences(sequences)]
-        return predict_batches(self.model, self.tokens, examples, batch_size, self.device)
+        spec = TASKS[self.task]
+        given = {"pairs": pairs, "sequences": sequences}
+        items = given.pop(spec.inputs)
+        if items is None or any(other is not None for other in given.values()):
+            raise ValueError(f"this is a {spec.title} model: pass {spec.inputs}={spec.input_example}")
+        return self.predict_examples(spec.as_examples(items), batch_size)
+
+    def predict_examples(self, examples: Sequence[tuple[str, ...]], batch_size: int = 16) -> np.ndarray:
+        """Probabilities for examples given as tuples of member sequences (pairs, or 1-tuples), checked and
+        normalised like ``predict``'s inputs; shaped as ``predict`` returns them."""
+        spec = TASKS[self.task]
+        examples = clean_examples(examples, spec.members, spec.item)
+        return spec.probabilities(predict_batches(self.model, self.tokens, examples, batch_size, self.device))
 
     def labels(self, probs: np.ndarray, threshold: float = 0.5) -> list:
-        """Predicted labels: 0/1 per pair (PPI) or the list of class names per sequence (symmetry)."""
-        if self.task == "ppi":
-            return [int(p >= threshold) for p in probs]
-        return [[n for n, p in zip(self.label_names, row, strict=True) if p >= threshold] for row in probs]
+        """Predicted labels: 0/1 per pair (PPI) or the list of class names per sequence (symmetry). Reads only
+        ``task`` and ``label_names``."""
+        return TASKS[self.task].labels(probs, self.label_names, threshold)

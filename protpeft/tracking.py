@@ -7,7 +7,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from protpeft.artifact import RunArtifact
 
 __all__ = ["JsonlLogger", "MetricLogger", "MultiLogger", "NullLogger"]
 
@@ -16,7 +19,7 @@ __all__ = ["JsonlLogger", "MetricLogger", "MultiLogger", "NullLogger"]
 class MetricLogger(Protocol):
     def log_config(self, config: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_run_dir(self, run_dir: Path, summary: dict[str, Any]) -> None: ...
+    def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -27,7 +30,7 @@ class NullLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_run_dir(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -60,9 +63,9 @@ class MultiLogger(NullLogger):
         for lg in self.loggers:
             lg.log_metrics(metrics, step)
 
-    def log_run_dir(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None:
         for lg in self.loggers:
-            lg.log_run_dir(run_dir, summary)
+            lg.log_run_dir(run_dir, artifact)
 
     def close(self, status: str = "FINISHED") -> None:
         for lg in self.loggers:

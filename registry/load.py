@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .packaging import verify_run_dir
 from .refs import ModelRef, RegistryError
 
 if TYPE_CHECKING:
+    from protpeft.artifact import RunArtifact
     from protpeft.predict import Predictor
 
 __all__ = ["BASE_DIR_ENV", "load", "load_run_dir", "resolve_base"]
@@ -24,13 +25,13 @@ __all__ = ["BASE_DIR_ENV", "load", "load_run_dir", "resolve_base"]
 BASE_DIR_ENV = "PROTPEFT_BASE_MODEL_DIR"
 
 
-def resolve_base(meta: dict[str, Any], base: str | None = None) -> str | None:
-    """Where to load the artefact's base model from (None for full fine-tuning, which carries its backbone)."""
-    if meta["mode"] == "full":
+def resolve_base(artifact: RunArtifact, base: str | None = None) -> str | None:
+    """Where to load the artefact's base model from (None for a mode that carries its own backbone: full)."""
+    if artifact.mode_spec.own_backbone:
         return None
     if base:
         return str(base)
-    recorded = str(meta["base_model"])
+    recorded = artifact.base_model
     local_root = os.environ.get(BASE_DIR_ENV)
     if local_root:
         for candidate in (Path(local_root) / recorded.lstrip("/"), Path(local_root) / Path(recorded).name):
@@ -51,8 +52,8 @@ def load_run_dir(run_dir: str | Path, base: str | None = None, device: str = "cp
     """A Predictor from a downloaded artefact, after checking it against its manifest (safetensors/JSON only)."""
     from protpeft.predict import Predictor
 
-    meta = verify_run_dir(run_dir)
-    return Predictor.from_run_dir(run_dir, base=resolve_base(meta, base), device=device)
+    artifact = verify_run_dir(run_dir)
+    return Predictor.from_run_dir(run_dir, base=resolve_base(artifact, base), device=device)
 
 
 def load(

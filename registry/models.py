@@ -11,11 +11,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import store
 from .refs import ModelRef, RegistryError, check_alias, check_name, parse_ref
 from .versions import FILES_TAG, SIZE_TAG, ModelVersionInfo, _client, _info, _is, _resolve
+
+if TYPE_CHECKING:
+    from protpeft.artifact import RunArtifact
 
 __all__ = ["pull", "register_run", "set_alias"]
 
@@ -30,11 +33,11 @@ def set_alias(name: str, version: int | str, alias: str, tracking_uri: str | Non
         return _info(client, client.get_model_version(name, mv.version))
 
 
-def _ensure_registered_model(client, name: str, meta: dict[str, Any]) -> None:
+def _ensure_registered_model(client, name: str, artifact: RunArtifact) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description=f"protpeft {meta['task']} models")
+        client.create_registered_model(name, description=f"protpeft {artifact.task} models")
     except MlflowException as err:
         if not _is(err, "RESOURCE_ALREADY_EXISTS"):
             raise
@@ -46,11 +49,11 @@ def _has_model(client, run_id: str) -> bool:
     return any(f.path == f"{MODEL_PATH}/MLmodel" for f in client.list_artifacts(run_id, MODEL_PATH))
 
 
-def _new_run_for(client, uri: str, run_dir: Path, meta: dict[str, Any], packaged) -> Any:
+def _new_run_for(client, uri: str, run_dir: Path, artifact: RunArtifact, packaged) -> Any:
     """An MLflow run recording a run directory that was trained without tracking (params, final metrics, tags)."""
     from .tracking import MLflowLogger, git_commit, record_finished_run
 
-    config = meta.get("config") or {}
+    config = artifact.config
     experiment = (config.get("tracking") or {}).get("experiment") or "protpeft"
     experiment_id = store.ensure_experiment(client, experiment)
     tags = {"git_commit": git_commit(), "registered_from": str(run_dir.resolve())}
@@ -58,21 +61,21 @@ def _new_run_for(client, uri: str, run_dir: Path, meta: dict[str, Any], packaged
     logger = MLflowLogger(run.info.run_id, uri)
     if config:
         logger.log_config(config)
-    logger.log_metrics({f"final_{k}": v for k, v in (meta.get("metrics") or {}).items()}, int(meta.get("steps") or 0))
-    record_finished_run(client, run.info.run_id, meta, packaged)
+    logger.log_metrics({f"final_{k}": v for k, v in artifact.metrics.items()}, artifact.steps)
+    record_finished_run(client, run.info.run_id, artifact, packaged)
     client.set_terminated(run.info.run_id, "FINISHED")
     return client.get_run(run.info.run_id)
 
 
-def _describe(meta: dict[str, Any], run) -> str:
+def _describe(artifact: RunArtifact, run) -> str:
     note = run.data.tags.get("mlflow.note.content")
     if note:
         return note
-    metrics = meta.get("metrics") or {}
+    metrics = artifact.metrics
     shown = ", ".join(
         f"{k}={metrics[k]:.4f}" for k in ("val_aupr", "val_auroc", "val_f1", "test_aupr") if k in metrics
     )
-    return (f"{meta['task']} {meta['mode']} on {meta['base_model']}" + (f"; {shown}" if shown else "")
+    return (f"{artifact.task} {artifact.mode} on {artifact.base_model}" + (f"; {shown}" if shown else "")
             + f"; MLflow run {run.info.run_name} ({run.info.run_id})")  # fmt: skip
 
 
@@ -106,7 +109,7 @@ def register_run(
     run_dir = Path(run_dir)
     with tempfile.TemporaryDirectory(prefix="protpeft-register-") as tmp, _client(tracking_uri) as client:
         packaged = package_run(run_dir, Path(tmp))  # validates the artefact before anything is written to MLflow
-        meta = packaged.meta
+        artifact = packaged.artifact
         if mlflow_run_id:
             try:
                 run = client.get_run(mlflow_run_id)
@@ -117,17 +120,17 @@ def register_run(
             if not _has_model(client, mlflow_run_id):
                 from .tracking import record_finished_run
 
-                record_finished_run(client, mlflow_run_id, meta, packaged)
+                record_finished_run(client, mlflow_run_id, artifact, packaged)
                 run = client.get_run(mlflow_run_id)
         else:
-            run = _new_run_for(client, client.tracking_uri, run_dir, meta, packaged)
-        _ensure_registered_model(client, name, meta)
+            run = _new_run_for(client, client.tracking_uri, run_dir, artifact, packaged)
+        _ensure_registered_model(client, name, artifact)
         copied = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}  # the run's own tags
-        tags = {"git_commit": "unknown", **copied, **run_tags(meta), SIZE_TAG: str(packaged.size_bytes),
+        tags = {"git_commit": "unknown", **copied, **run_tags(artifact), SIZE_TAG: str(packaged.size_bytes),
                 FILES_TAG: str(packaged.files)}  # fmt: skip
         mv = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/{MODEL_PATH}", run_id=run.info.run_id, tags=tags,
-            description=description or _describe(meta, run),
+            description=description or _describe(artifact, run),
         )  # fmt: skip
         if alias is not None:
             client.set_registered_model_alias(name, alias, mv.version)

@@ -21,9 +21,12 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .refs import RegistryError
+
+if TYPE_CHECKING:
+    from protpeft.artifact import RunArtifact
 
 __all__ = [
     "MANIFEST_FILE",
@@ -46,7 +49,7 @@ EXCLUDED_DIRS = ("checkpoints",)
 class PackagedRun:
     path: Path
     """The MLflow model directory (upload this)."""
-    meta: dict[str, Any]
+    artifact: RunArtifact
     """The run's ``protpeft.json``."""
     size_bytes: int
     """Total size of the run directory's artefact files."""
@@ -61,20 +64,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_run_dir(run_dir: str | Path, dest: Path) -> tuple[dict[str, Any], int, int]:
+def stage_run_dir(run_dir: str | Path, dest: Path) -> tuple[RunArtifact, int, int]:
     """Copy a run directory's artefact files (not its checkpoints) to ``dest`` and write the manifest.
 
-    Returns (metadata, total bytes, file count).
+    Returns (its artefact record, total bytes, file count).
 
     Raises:
         ArtifactError: not a complete run directory, or it holds files that are not safetensors/JSON.
     """
-    from protpeft.artifact import ArtifactError, check_artifact_files, read_artifact_meta, write_json_atomic
+    from protpeft.artifact import ArtifactError, check_artifact_files, read_artifact, write_json_atomic
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ArtifactError(f"{run_dir}: not a directory")
-    read_artifact_meta(run_dir)  # "not a protpeft run directory" before anything else
+    read_artifact(run_dir)  # "not a protpeft run directory" before anything else
     dest.mkdir(parents=True, exist_ok=False)
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
@@ -82,15 +85,15 @@ def stage_run_dir(run_dir: str | Path, dest: Path) -> tuple[dict[str, Any], int,
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
-    meta = check_artifact_files(dest)
+    artifact = check_artifact_files(dest)
     files = {p.relative_to(dest).as_posix(): p for p in sorted(dest.rglob("*")) if p.is_file()}
     manifest = {rel: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for rel, p in files.items()}
     write_json_atomic(dest / MANIFEST_FILE, {"files": manifest})
-    return meta, sum(f["bytes"] for f in manifest.values()), len(manifest)
+    return artifact, sum(f["bytes"] for f in manifest.values()), len(manifest)
 
 
-def verify_run_dir(run_dir: str | Path) -> dict[str, Any]:
-    """Check a downloaded run directory against its manifest before anything in it is loaded; return its metadata.
+def verify_run_dir(run_dir: str | Path) -> RunArtifact:
+    """Check a downloaded run directory against its manifest before anything in it is loaded; return its record.
 
     Raises:
         ArtifactError: a file type other than safetensors/JSON, a missing, extra, truncated or altered file.
@@ -98,7 +101,7 @@ def verify_run_dir(run_dir: str | Path) -> dict[str, Any]:
     from protpeft.artifact import ArtifactError, check_artifact_files
 
     run_dir = Path(run_dir)
-    meta = check_artifact_files(run_dir)  # refuses pickles and incomplete artefacts first
+    artifact = check_artifact_files(run_dir)  # refuses pickles and incomplete artefacts first
     manifest_path = run_dir / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text())["files"]
@@ -119,7 +122,7 @@ def verify_run_dir(run_dir: str | Path) -> dict[str, Any]:
             raise ArtifactError(
                 f"{path}: corrupted file: its size or sha256 differs from the manifest written at registration"
             )
-    return meta
+    return artifact
 
 
 def _requirements() -> list[str]:
@@ -134,20 +137,18 @@ def _requirements() -> list[str]:
     return pins
 
 
-def _signature(meta: dict[str, Any]):
+def _signature(artifact: RunArtifact):
+    """The task's input columns (``seq_a``, ``seq_b`` / ``sequence``) → its probability columns."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    if meta["task"] == "ppi":
-        inputs = Schema([ColSpec("string", "seq_a"), ColSpec("string", "seq_b")])
-        outputs = Schema([ColSpec("double", "probability")])
-    else:
-        inputs = Schema([ColSpec("string", "sequence")])
-        outputs = Schema([ColSpec("double", str(name)) for name in meta["label_names"]])
+    spec = artifact.task_spec
+    inputs = Schema([ColSpec("string", column) for column in spec.input_columns])
+    outputs = Schema([ColSpec("double", column) for column in spec.output_columns(artifact.label_names)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def save_pyfunc_model(staged_run_dir: Path, meta: dict[str, Any], dest: Path) -> Path:
+def save_pyfunc_model(staged_run_dir: Path, artifact: RunArtifact, dest: Path) -> Path:
     """Write the MLflow model directory for a staged run directory: models-from-code, so nothing is pickled."""
     import mlflow
 
@@ -160,9 +161,9 @@ def save_pyfunc_model(staged_run_dir: Path, meta: dict[str, Any], dest: Path) ->
             path=str(dest),
             python_model=str(code),
             artifacts={"run": str(staged_run_dir)},
-            signature=_signature(meta),
+            signature=_signature(artifact),
             pip_requirements=_requirements(),
-            metadata={"protpeft_task": meta["task"], "protpeft_mode": meta["mode"]},
+            metadata={"protpeft_task": artifact.task, "protpeft_mode": artifact.mode},
         )
     leftovers = sorted(p.name for p in dest.rglob("*.pkl"))
     if leftovers:  # models-from-code must not pickle; fail loudly if an MLflow upgrade changes that
@@ -173,6 +174,6 @@ def save_pyfunc_model(staged_run_dir: Path, meta: dict[str, Any], dest: Path) ->
 def package_run(run_dir: str | Path, workdir: Path) -> PackagedRun:
     """Stage ``run_dir`` under ``workdir`` and wrap it as an MLflow pyfunc model directory."""
     staged = Path(workdir) / "run"
-    meta, size, files = stage_run_dir(run_dir, staged)
-    model_dir = save_pyfunc_model(staged, meta, Path(workdir) / MODEL_PATH)
-    return PackagedRun(model_dir, meta, size, files)
+    artifact, size, files = stage_run_dir(run_dir, staged)
+    model_dir = save_pyfunc_model(staged, artifact, Path(workdir) / MODEL_PATH)
+    return PackagedRun(model_dir, artifact, size, files)

@@ -3,8 +3,8 @@
 MLflow executes this file when it loads the model (``mlflow.pyfunc.load_model``, ``mlflow models serve``), so it
 is not imported by protpeft itself and may import mlflow at the top. The artefact is reached through
 ``context.artifacts["run"]`` and checked against its manifest before loading, exactly like
-``protpeft.registry.load``. Input: a dataframe with columns ``seq_a``, ``seq_b`` (PPI) or ``sequence`` (symmetry).
-Output: a dataframe with ``probability`` (PPI) or one probability column per class (symmetry).
+``protpeft.registry.load``. Input: a dataframe with the task's ``input_columns`` (``seq_a``, ``seq_b`` for PPI,
+``sequence`` for symmetry). Output: a dataframe with ``probability`` (PPI) or one probability column per class.
 """
 
 import mlflow
@@ -21,18 +21,19 @@ class ProtpeftModel(PythonModel):
     # A DataFrame hint tells MLflow not to infer a schema from hints: the explicit signature logged with the model
     # (seq_a/seq_b or sequence) is what it enforces.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from protpeft.tasks import TASKS
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         predictor = self.predictor
-        if predictor.task == "ppi":
-            missing = [c for c in ("seq_a", "seq_b") if c not in frame.columns]
-            if missing:
-                raise ValueError(f"a PPI model needs columns seq_a and seq_b; missing {missing}")
-            pairs = list(zip(frame["seq_a"].astype(str), frame["seq_b"].astype(str), strict=True))
-            return pd.DataFrame({"probability": predictor.predict(pairs=pairs).astype(float)})
-        if "sequence" not in frame.columns:
-            raise ValueError("a symmetry model needs a column 'sequence'")
-        probs = predictor.predict(sequences=list(frame["sequence"].astype(str)))
-        return pd.DataFrame(probs.astype(float), columns=list(predictor.label_names))
+        spec = TASKS[predictor.task]
+        missing = [c for c in spec.input_columns if c not in frame.columns]
+        if missing:
+            needed = ", ".join(spec.input_columns)
+            raise ValueError(f"a {spec.title} model needs the column(s) {needed}; missing {missing}")
+        examples = list(zip(*(frame[c].astype(str) for c in spec.input_columns), strict=True))
+        columns = spec.output_columns(predictor.label_names)
+        probs = predictor.predict_examples(examples).astype(float).reshape(len(examples), len(columns))
+        return pd.DataFrame(probs, columns=columns)
 
 
 mlflow.models.set_model(ProtpeftModel())

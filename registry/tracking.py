@@ -17,13 +17,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import protpeft
 from protpeft.config import RunConfig, flatten_config
 
 from . import store
 from .packaging import MODEL_PATH, PackagedRun, package_run
+
+if TYPE_CHECKING:
+    from protpeft.artifact import RunArtifact
 
 __all__ = ["MLflowLogger", "MLflowLoggerFactory", "git_commit", "logger_factory", "record_finished_run", "run_tags"]
 
@@ -45,12 +48,12 @@ def git_commit(directory: str | Path | None = None) -> str:
     return "unknown"
 
 
-def run_tags(meta: dict[str, Any]) -> dict[str, str]:
-    """The lineage tags of a run directory's metadata (what a registered version copies)."""
+def run_tags(artifact: RunArtifact) -> dict[str, str]:
+    """The lineage tags of a run directory (what a registered version copies)."""
     keys = ("task", "mode", "base_model", "base_fingerprint", "dataset_fingerprint", "protpeft_version")
-    tags = {k: str(meta[k]) for k in keys if meta.get(k) is not None}
-    if isinstance(meta.get("config"), dict) and meta["config"].get("name"):
-        tags["run_name"] = str(meta["config"]["name"])
+    tags = {k: str(v) for k in keys if (v := getattr(artifact, k)) is not None}
+    if artifact.run_name:
+        tags["run_name"] = str(artifact.run_name)
     return tags
 
 
@@ -98,26 +101,26 @@ class MLflowLogger:
         for start in range(0, len(batch), _BATCH):
             self.client.log_batch(self.run_id, metrics=batch[start : start + _BATCH])
 
-    def log_run_dir(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None:
         """Record the finished run (lineage tags, costs, the artefact as a pyfunc model); mark it FINISHED."""
         with tempfile.TemporaryDirectory(prefix="protpeft-package-") as tmp:
-            record_finished_run(self.client, self.run_id, summary, package_run(run_dir, Path(tmp)))
+            record_finished_run(self.client, self.run_id, artifact, package_run(run_dir, Path(tmp)))
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
 
-def record_finished_run(mlflow_client, run_id: str, meta: dict[str, Any], packaged: PackagedRun) -> None:
+def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packaged: PackagedRun) -> None:
     """Tags, cost metrics and the uploaded pyfunc model (``model/``) of a finished run directory."""
     from mlflow.entities import Metric, RunTag
 
-    tags = {**run_tags(meta), "artifact_size_bytes": str(packaged.size_bytes)}
+    tags = {**run_tags(artifact), "artifact_size_bytes": str(packaged.size_bytes)}
     if "git_commit" not in mlflow_client.get_run(run_id).data.tags:  # the driver's, set when the run was created
         tags["git_commit"] = git_commit()
-    costs = {f"params_{k}": v for k, v in (meta.get("params") or {}).items()}
-    costs.update({"peak_memory_mb": meta.get("peak_memory_mb"), "wall_seconds": meta.get("seconds")})
-    now, step = int(time.time() * 1000), int(meta.get("steps") or 0)
+    costs: dict[str, Any] = {f"params_{k}": v for k, v in artifact.params.items()}
+    costs.update({"peak_memory_mb": artifact.peak_memory_mb, "wall_seconds": artifact.seconds})
+    now, step = int(time.time() * 1000), artifact.steps
     metrics = [Metric(k, v, now, step) for k, raw in costs.items() if (v := _finite(raw)) is not None]
     mlflow_client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
     mlflow_client.log_artifacts(run_id, str(packaged.path), MODEL_PATH)

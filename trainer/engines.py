@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from protpeft.config import RunConfig
+from protpeft.modes import MODES
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.optim import build_optimizer, build_scheduler
 
@@ -42,11 +43,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_strategy(cfg: RunConfig, ctx: WorkerContext) -> str:
-    """auto → DeepSpeed for full fine-tuning under a process group, DDP for LoRA/frozen, plain in one process."""
+    """auto → the mode's engine under a process group (DeepSpeed for full fine-tuning), else DDP when distributed
+    (LoRA/frozen), plain in one process."""
     if cfg.engine.strategy != "auto":
         return cfg.engine.strategy
-    if cfg.mode == "full" and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return "deepspeed"
+    group_engine = MODES[cfg.mode].group_engine
+    if group_engine is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return group_engine
     return "ddp" if ctx.distributed else "local"
 
 

@@ -13,7 +13,6 @@ run's old Ray storage (Ray Train V2 would otherwise silently resume from it).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -226,10 +225,11 @@ SUMMARY_KEYS = ("metrics", "params", "steps", "seconds", "peak_memory_mb", "stra
 def _summary(cfg: RunConfig, result: Any, storage: Path, name: str) -> dict[str, Any]:
     """The run's summary from its ``protpeft.json`` (written by rank 0), else from Ray's last reported metrics
     (when the run directory is on another node's disk)."""
-    meta_file = cfg.run_dir / "protpeft.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        summary = {key: meta.get(key) for key in SUMMARY_KEYS}
+    from protpeft.artifact import ARTIFACT_FILE, read_artifact
+
+    if (cfg.run_dir / ARTIFACT_FILE).is_file():
+        artifact = read_artifact(cfg.run_dir)
+        summary = {key: getattr(artifact, key) for key in SUMMARY_KEYS}
     else:
         metrics = dict(result.metrics or {})
         summary = dict.fromkeys(SUMMARY_KEYS)

@@ -18,16 +18,17 @@ import numpy as np
 import torch
 
 import protpeft
-from protpeft.artifact import write_artifact
+from protpeft.artifact import RunArtifact, write_artifact
 from protpeft.config import RunConfig
 from protpeft.data.collate import IndexCollate, TokenCollate, example_lengths
 from protpeft.data.datasets import TaskData, load_task_data
 from protpeft.data.tokens import TokenEncoder
 from protpeft.embeddings import EmbeddingCache, embed_sequences
+from protpeft.models.assembly import build_task_model
 from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer
-from protpeft.models.classifier import ClassificationHead, EmbeddingTable, ProteinClassifier, ProteinEncoder
+from protpeft.models.classifier import EmbeddingTable, ProteinClassifier, ProteinEncoder
 from protpeft.models.modes import apply_mode, count_parameters
-from protpeft.tasks import TASKS
+from protpeft.modes import MODES
 from protpeft.tracking import JsonlLogger, MetricLogger, MultiLogger, NullLogger
 from protpeft.trainer.checkpoints import LocalReporter, Reporter, TrainState, load_state
 from protpeft.trainer.context import WorkerContext
@@ -131,7 +132,7 @@ def run_training(
         checkpoint_root, cfg.engine.keep_checkpoints, cfg.engine.checkpoint_metric, cfg.engine.checkpoint_mode
     )
     seed_everything(cfg.optim.seed)
-    task = TASKS[cfg.task]
+    mode = MODES[cfg.mode]
 
     # -- data, tokenizer, backbone
     data = load_task_data(cfg.task, cfg.data)
@@ -140,20 +141,21 @@ def run_training(
     backbone = load_backbone(cfg.model.base)
     fingerprint = backbone_fingerprint(backbone)
 
-    # -- mode: what is trainable; frozen mode trains on cached embeddings
+    # -- mode: what is trainable; a mode that reads embeddings (frozen) trains on cached ones
     backbone = apply_mode(backbone, cfg.mode, cfg.lora)
     torch.manual_seed(cfg.optim.seed)  # identical head init on every worker and every resume
-    head = ClassificationHead(backbone.config.hidden_size, cfg.model.head_hidden, task.outputs, cfg.model.head_dropout)
-    encoder = ProteinEncoder(backbone, cfg.model.pooling, tokens.special_ids)
-    full_model = ProteinClassifier(encoder, head, task.members)
+    full_model = build_task_model(
+        backbone, cfg.task, cfg.model.pooling, cfg.model.head_hidden, cfg.model.head_dropout, tokens.special_ids
+    )
+    members = full_model.members
     params = count_parameters(full_model)
     embedded = 0
-    if cfg.mode == "frozen":
-        table, row_of, embedded = frozen_table(cfg, data, encoder, tokens, fingerprint, ctx)
-        model = ProteinClassifier(table, head, task.members)
-        collate = IndexCollate(row_of, task.members)
+    if mode.encoder == "embeddings":
+        table, row_of, embedded = frozen_table(cfg, data, full_model.encoder, tokens, fingerprint, ctx)
+        model = ProteinClassifier(table, full_model.head, members)
+        collate = IndexCollate(row_of, members)
     else:
-        model, collate = full_model, TokenCollate(tokens, data.sequences, task.members)
+        model, collate = full_model, TokenCollate(tokens, data.sequences, members)
     loop_data = build_loop_data(cfg, data, tokens, collate)
 
     # -- engine, resume, fit
@@ -173,36 +175,37 @@ def run_training(
     seconds = time.perf_counter() - started
     memory = peak_memory_mb(ctx.device)
     trained = engine.unwrapped()
-    saved_backbone = trained.encoder.backbone if cfg.mode in ("full", "lora") else None
+    saved_backbone = trained.encoder.backbone if mode.saves_backbone else None
     if strategy == "deepspeed":
         saved_backbone = engine.consolidated_backbone(saved_backbone) if saved_backbone is not None else None
     if ctx.is_leader:
-        meta = {
-            "task": cfg.task,
-            "mode": cfg.mode,
-            "base_model": cfg.model.base,
-            "base_fingerprint": fingerprint,
-            "label_names": list(data.label_names),
-            "pooling": cfg.model.pooling,
-            "crop": cfg.data.crop,
-            "metrics": metrics,
-            "params": params,
-            "config": cfg.to_dict(),
-            "protpeft_version": protpeft.__version__,
-            "dataset_fingerprint": data.fingerprint,
-            "data_notes": data.notes,
-            "split_counts": data.counts(),
-            "steps": state.step,
-            "seconds": round(seconds, 2),
-            "peak_memory_mb": round(memory, 1),
-            "strategy": strategy,
-            "workers": ctx.world_size,
-            "embedded_sequences": embedded,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_artifact(run_dir, meta, trained.head, saved_backbone, tokenizer if cfg.mode == "full" else None)
+        artifact = RunArtifact(
+            task=cfg.task,
+            mode=cfg.mode,
+            base_model=cfg.model.base,
+            base_fingerprint=fingerprint,
+            label_names=data.label_names,
+            pooling=cfg.model.pooling,
+            crop=cfg.data.crop,
+            head_hidden=cfg.model.head_hidden,
+            metrics=metrics,
+            params=params,
+            config=cfg.to_dict(),
+            protpeft_version=protpeft.__version__,
+            dataset_fingerprint=data.fingerprint,
+            data_notes=data.notes,
+            split_counts=data.counts(),
+            steps=state.step,
+            seconds=round(seconds, 2),
+            peak_memory_mb=round(memory, 1),
+            strategy=strategy,
+            workers=ctx.world_size,
+            embedded_sequences=embedded,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_artifact(run_dir, artifact, trained.head, saved_backbone, tokenizer)
         logger.log_metrics({f"final_{k}": v for k, v in metrics.items()}, state.step)
-        logger.log_run_dir(run_dir, meta)
+        logger.log_run_dir(run_dir, artifact)
     ctx.barrier()
     full_model.head = trained.head
     return RunResult(run_dir, metrics, params, state, seconds, memory, embedded, strategy, full_model.cpu())

@@ -110,13 +110,15 @@ class TrialContext:
 def final_result(cfg: RunConfig, factory: Any) -> dict[str, Any]:
     """The trial's last Tune result: its run directory's summary (final val + test metrics, steps, embedded
     sequences); ``run_dir`` in a result marks a trial that trained to the end."""
-    meta = json.loads((cfg.run_dir / "protpeft.json").read_text())
-    result = {k: v for k, v in meta["metrics"].items() if isinstance(v, int | float)}
+    from protpeft.artifact import read_artifact
+
+    artifact = read_artifact(cfg.run_dir)
+    result = {k: v for k, v in artifact.metrics.items() if isinstance(v, int | float)}
     result.update(
-        step=meta["steps"],
-        embedded_sequences=meta.get("embedded_sequences", 0),
-        seconds=meta.get("seconds"),
-        trainable_params=(meta.get("params") or {}).get("trainable"),
+        step=artifact.steps,
+        embedded_sequences=artifact.embedded_sequences,
+        seconds=artifact.seconds,
+        trainable_params=artifact.params.get("trainable"),
         run_dir=str(cfg.run_dir),
         mlflow_run_id=getattr(factory, "run_id", None),
     )

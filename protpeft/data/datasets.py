@@ -13,8 +13,18 @@ from pathlib import Path
 
 from protpeft.config import DataConfig
 from protpeft.errors import InputError
+from protpeft.tasks import TASKS, TaskSpec
 
-__all__ = ["Example", "TaskData", "file_fingerprint", "load_task_data", "SPLIT_NAMES"]
+__all__ = [
+    "SPLIT_NAMES",
+    "Example",
+    "TaskData",
+    "TaskFiles",
+    "file_fingerprint",
+    "load_task_data",
+    "read_ppi_files",
+    "read_symmetry_files",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -54,6 +64,21 @@ def file_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass
+class TaskFiles:
+    """What a task's reader (its :data:`~protpeft.tasks.TASKS` row's ``read``) returns."""
+
+    records: list
+    """The file's records, in file order (each has ``line``; pairs also ``a`` and ``b``)."""
+    examples: list[Example]
+    """One per record, in the same order."""
+    sequences: dict[str, str]
+    column_splits: list[str | None]
+    """Each record's value in the file's split column (None: no value)."""
+    inputs: list[Path]
+    """The files read, the main one first (for the dataset fingerprint and messages)."""
+
+
 def _require(path: Path | None, key: str, task: str) -> Path:
     if path is None:
         raise InputError(f"data.{key}", None, f"task {task} needs data.{key} (set it in the config or with --set)")
@@ -62,16 +87,40 @@ def _require(path: Path | None, key: str, task: str) -> Path:
     return Path(path)
 
 
-def _split_names(
-    records: list, column_splits: list[str | None], cfg: DataConfig, task: str, source: Path
-) -> tuple[list[str | None], list[str]]:
+def read_ppi_files(cfg: DataConfig) -> TaskFiles:
+    """PPI: the pairs file (either layout) and the FASTA of every sequence it names."""
+    from protpeft.data.fasta import read_fasta
+    from protpeft.data.pairs import check_pairs_against_sequences, read_pairs
+
+    pairs_path = _require(cfg.pairs, "pairs", "ppi")
+    fasta_path = _require(cfg.sequences, "sequences", "ppi")
+    sequences = read_fasta(fasta_path)
+    records = read_pairs(pairs_path, cfg.layout)
+    check_pairs_against_sequences(records, sequences, pairs_path, fasta_path)
+    examples = [Example((r.a, r.b), (float(r.label),)) for r in records]
+    return TaskFiles(records, examples, sequences, [r.split for r in records], [pairs_path, fasta_path])
+
+
+def read_symmetry_files(cfg: DataConfig) -> TaskFiles:
+    """Symmetry: one table of sequences and their space-separated class codes."""
+    from protpeft.data.symmetry import multi_hot, read_symmetry_table
+
+    table_path = _require(cfg.table, "table", "symmetry")
+    records = read_symmetry_table(table_path)
+    sequences = {r.id: r.sequence for r in records}
+    examples = [Example((r.id,), tuple(multi_hot(r.labels))) for r in records]
+    return TaskFiles(records, examples, sequences, [r.split for r in records], [table_path])
+
+
+def _split_names(files: TaskFiles, cfg: DataConfig, task: TaskSpec) -> tuple[list[str | None], list[str]]:
     """Per-record split names from the file's column or a seeded split, plus notes on what was done."""
     from protpeft.data.splits import random_split, split_pairs_by_protein
 
+    records, column_splits, source = files.records, files.column_splits, files.inputs[0]
     method = cfg.split.method
     has_column = any(s is not None for s in column_splits)
     if method == "auto":
-        method = "column" if has_column else ("by_protein" if task == "ppi" else "random")
+        method = "column" if has_column else ("by_protein" if task.split_by_protein else "random")
     if method == "column":
         missing = [r.line for r, s in zip(records, column_splits, strict=True) if s is None]
         if missing:
@@ -79,7 +128,7 @@ def _split_names(
         return column_splits, ["splits from the file's split column"]
     if method == "random":
         return list(random_split(len(records), cfg.split.fractions, cfg.split.seed)), ["seeded random split"]
-    if task != "ppi":
+    if not task.split_by_protein:
         raise InputError(source, None, "split.method by_protein applies to PPI pairs only")
     names, stats = split_pairs_by_protein(records, cfg.split.fractions, cfg.split.seed)
     note = (
@@ -89,47 +138,24 @@ def _split_names(
 
 
 def load_task_data(task: str, cfg: DataConfig) -> TaskData:
-    """Read and validate the task's files and return its splits.
+    """Read and validate the task's files (its :data:`~protpeft.tasks.TASKS` row's reader) and return its splits.
 
     Raises:
         InputError / InputErrors: naming the file, line and problem.
     """
     from protpeft.data.splits import check_no_empty_splits
 
-    if task == "ppi":
-        from protpeft.data.fasta import read_fasta
-        from protpeft.data.pairs import check_pairs_against_sequences, read_pairs
-
-        pairs_path = _require(cfg.pairs, "pairs", task)
-        fasta_path = _require(cfg.sequences, "sequences", task)
-        sequences = read_fasta(fasta_path)
-        records = read_pairs(pairs_path, cfg.layout)
-        check_pairs_against_sequences(records, sequences, pairs_path, fasta_path)
-        examples = [Example((r.a, r.b), (float(r.label),)) for r in records]
-        names, notes = _split_names(records, [r.split for r in records], cfg, task, pairs_path)
-        label_names: tuple[str, ...] = ("interaction",)
-        inputs = [pairs_path, fasta_path]
-    elif task == "symmetry":
-        from protpeft.data.symmetry import SYMMETRY_CLASSES, multi_hot, read_symmetry_table
-
-        table_path = _require(cfg.table, "table", task)
-        records = read_symmetry_table(table_path)
-        sequences = {r.id: r.sequence for r in records}
-        examples = [Example((r.id,), tuple(multi_hot(r.labels))) for r in records]
-        names, notes = _split_names(records, [r.split for r in records], cfg, task, table_path)
-        label_names = tuple(SYMMETRY_CLASSES)
-        inputs = [table_path]
-    else:
-        raise ValueError(f"unknown task {task!r}")
-
+    spec = TASKS[task]
+    files = spec.read(cfg)
+    names, notes = _split_names(files, cfg, spec)
     splits: dict[str, list[Example]] = {name: [] for name in SPLIT_NAMES}
-    for example, name in zip(examples, names, strict=True):
+    for example, name in zip(files.examples, names, strict=True):
         if name is not None:
             splits[name].append(example)
-    check_no_empty_splits({k: len(v) for k, v in splits.items()}, str(inputs[0]))
+    check_no_empty_splits({k: len(v) for k, v in splits.items()}, str(files.inputs[0]))
     if cfg.max_examples is not None and len(splits["train"]) > cfg.max_examples:
         splits["train"] = random.Random(cfg.split.seed).sample(splits["train"], cfg.max_examples)
         notes.append(f"training set subsampled to {cfg.max_examples} examples")
     used = {m for exs in splits.values() for e in exs for m in e.members}
-    sequences = {k: v for k, v in sequences.items() if k in used}
-    return TaskData(task, label_names, sequences, splits, file_fingerprint(inputs), notes)
+    sequences = {k: v for k, v in files.sequences.items() if k in used}
+    return TaskData(task, spec.label_names, sequences, splits, file_fingerprint(files.inputs), notes)

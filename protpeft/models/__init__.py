@@ -9,7 +9,8 @@ from protpeft.models.backbone import (
     load_tokenizer,
 )
 from protpeft.models.classifier import ClassificationHead, EmbeddingTable, ProteinClassifier, ProteinEncoder
-from protpeft.models.modes import MODES, apply_mode, count_parameters
+from protpeft.models.modes import apply_mode, count_parameters
+from protpeft.modes import MODES
 
 __all__ = [
     "ESM2_PRESETS",

@@ -139,22 +139,43 @@ def build_backbone_on_meta(base: str) -> nn.Module:
 def load_backbone(base: str, dtype: torch.dtype | None = None) -> nn.Module:
     """Load ESM-2 weights with ``from_pretrained`` from a hub id or a local directory (pooler dropped).
 
-    Works on the hub's ``EsmForMaskedLM`` checkpoints and on plain ``EsmModel`` directories alike.
+    Works on the hub's ``EsmForMaskedLM`` checkpoints and on plain ``EsmModel`` directories alike. Only safetensors
+    weights are loaded: pickle-based ones (``pytorch_model.bin``) can run code when loaded and are refused.
+
+    Raises:
+        ProtpeftError: no such directory or reachable hub id, or a directory without safetensors weights.
     """
     from transformers import EsmModel
 
+    from protpeft.errors import ProtpeftError
+
+    _refuse_pickled_weights(base)
     try:
         with quiet_hf():
-            model = EsmModel.from_pretrained(base, add_pooling_layer=False, dtype=dtype)
+            model = EsmModel.from_pretrained(base, add_pooling_layer=False, dtype=dtype, use_safetensors=True)
     except OSError as err:
-        from protpeft.errors import ProtpeftError
-
         raise ProtpeftError(
             f"cannot load backbone {base!r}: {err}. Give a local directory (see `protpeft model init-tiny`) or a "
             "hub id that is cached or reachable."
         ) from None
     _drop_contact_head(model)
     return model
+
+
+def _refuse_pickled_weights(base: str) -> None:
+    """A local directory with pickle-based weights but no safetensors: say so before transformers does."""
+    directory = Path(base)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled:
+        from protpeft.errors import ProtpeftError
+
+        raise ProtpeftError(
+            f"{base}: refusing to load base model weights from {', '.join(pickled)}: only safetensors weights are "
+            "loaded (pickle-based files can run code when loaded); convert them with save_pretrained "
+            "(safe_serialization) in a trusted environment"
+        )
 
 
 @contextlib.contextmanager

@@ -1,19 +1,25 @@
 """The only place that decides what is trainable: full, lora (peft adapters + head) or frozen (head only).
 
-The training loop builds its optimizer from ``requires_grad`` parameters and never branches on the mode.
+Each mode's function here is its :data:`~protpeft.modes.MODES` row's ``apply``. The training loop builds its
+optimizer from ``requires_grad`` parameters and never branches on the mode.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
 from protpeft.config import LoraConfig
+from protpeft.modes import MODES
 
-__all__ = ["MODES", "apply_mode", "count_parameters", "lora_layers", "peft_lora_config"]
-
-MODES = ("full", "lora", "frozen")
+__all__ = [
+    "apply_mode",
+    "count_parameters",
+    "freeze",
+    "inject_lora",
+    "lora_layers",
+    "peft_lora_config",
+    "train_everything",
+]
 
 
 def lora_layers(cfg: LoraConfig, num_layers: int) -> list[int]:
@@ -44,25 +50,37 @@ def peft_lora_config(cfg: LoraConfig, num_layers: int):
     )
 
 
-def apply_mode(backbone: nn.Module, mode: Literal["full", "lora", "frozen"], lora: LoraConfig) -> nn.Module:
-    """Return the backbone prepared for ``mode``: all trainable (full), peft-wrapped with only adapters trainable
-    (lora), or frozen in eval mode (frozen). The head is always trainable and lives outside the backbone."""
-    if mode == "full":
-        return backbone.requires_grad_(True)
-    if mode == "lora":
-        import peft
+def apply_mode(backbone: nn.Module, mode: str, lora: LoraConfig) -> nn.Module:
+    """Return the backbone prepared for ``mode`` (its :data:`~protpeft.modes.MODES` row's ``apply``). The head is
+    always trainable and lives outside the backbone."""
+    spec = MODES.get(mode)
+    if spec is None:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {tuple(MODES)}")
+    return spec.apply(backbone, lora)
 
-        from protpeft.models.backbone import quiet_hf
 
-        with quiet_hf():
-            wrapped = peft.get_peft_model(backbone, peft_lora_config(lora, backbone.config.num_hidden_layers))
-        for name, param in wrapped.named_parameters():  # peft freezes the base; keep it that way, adapters only
-            param.requires_grad_("lora_" in name)
-        return wrapped
-    if mode == "frozen":
-        backbone.requires_grad_(False)
-        return backbone.eval()
-    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+def train_everything(backbone: nn.Module, lora: LoraConfig) -> nn.Module:
+    """full: every backbone parameter trainable."""
+    return backbone.requires_grad_(True)
+
+
+def inject_lora(backbone: nn.Module, lora: LoraConfig) -> nn.Module:
+    """lora: peft-wrapped with only the adapters trainable."""
+    import peft
+
+    from protpeft.models.backbone import quiet_hf
+
+    with quiet_hf():
+        wrapped = peft.get_peft_model(backbone, peft_lora_config(lora, backbone.config.num_hidden_layers))
+    for name, param in wrapped.named_parameters():  # peft freezes the base; keep it that way, adapters only
+        param.requires_grad_("lora_" in name)
+    return wrapped
+
+
+def freeze(backbone: nn.Module, lora: LoraConfig) -> nn.Module:
+    """frozen: nothing trainable, in eval mode (it only embeds sequences once, for the cache)."""
+    backbone.requires_grad_(False)
+    return backbone.eval()
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

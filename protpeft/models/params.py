@@ -10,6 +10,7 @@ from protpeft.config import RunConfig
 from protpeft.models.backbone import build_backbone_on_meta
 from protpeft.models.classifier import ClassificationHead
 from protpeft.models.modes import apply_mode, count_parameters, lora_layers
+from protpeft.modes import MODES
 from protpeft.tasks import TASKS
 
 __all__ = ["parameter_report"]
@@ -35,7 +36,7 @@ def parameter_report(cfg: RunConfig) -> dict[str, Any]:
         "layers": backbone.config.num_hidden_layers,
         "hidden_size": backbone.config.hidden_size,
     }
-    if cfg.mode == "lora":
+    if MODES[cfg.mode].adapter:
         report["lora_layers"] = lora_layers(cfg.lora, backbone.config.num_hidden_layers)
     report["trainable_fraction"] = report["trainable"] / report["total"]
     return report

@@ -136,8 +136,8 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
     assert result.exit_code == 0, result.output
     resumed = [s for s, _ in train_losses(cfg.run_dir)]
     assert resumed == [1, 2, 3, 4]  # steps 1-2 before the crash, then 3-4: continued from the saved step 2
-    meta = check_artifact_files(cfg.run_dir)  # a complete full-mode artefact (backbone/ + head)
-    assert meta["steps"] == 4 and meta["strategy"] == "deepspeed" and meta["workers"] == 2
+    artifact = check_artifact_files(cfg.run_dir)  # a complete full-mode artefact (backbone/ + head)
+    assert artifact.steps == 4 and artifact.strategy == "deepspeed" and artifact.workers == 2
 
     # -- the same run uninterrupted (one process, batch 2b: the data-parallel twin) ends at the same loss
     reference = run_training(
@@ -146,4 +146,4 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
     ours, theirs = train_losses(cfg.run_dir), train_losses(reference.run_dir)
     assert [s for s, _ in ours] == [s for s, _ in theirs]
     assert max(abs(a - b) for (_, a), (_, b) in zip(ours, theirs, strict=True)) < 1e-4, (ours, theirs)
-    assert math.isclose(meta["metrics"]["val_loss"], reference.metrics["val_loss"], abs_tol=1e-4)
+    assert math.isclose(artifact.metrics["val_loss"], reference.metrics["val_loss"], abs_tol=1e-4)

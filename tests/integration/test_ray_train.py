@@ -55,8 +55,8 @@ def test_two_workers_match_one_process_with_double_batch(
     assert summary["workers"] == 2
     assert summary["steps"] == STEPS
     assert Path(summary["checkpoint"]).name == f"step-{STEPS:08d}"
-    meta = check_artifact_files(summary["run_dir"])
-    assert meta["mode"] == mode and meta["steps"] == STEPS
+    artifact = check_artifact_files(summary["run_dir"])
+    assert artifact.mode == mode and artifact.steps == STEPS
 
     # -- the reference: one process, batch 2b, plain PyTorch
     reference = make_config(

@@ -111,3 +111,33 @@ def test_fingerprint_is_dtype_independent_and_weight_sensitive(tiny_model: Path)
     with torch.no_grad():
         fp32.encoder.layer[0].attention.self.query.weight.mul_(1.5)
     assert backbone_fingerprint(fp32) != backbone_fingerprint(bf16)
+
+
+def test_base_model_with_only_pickled_weights_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from protpeft.errors import ProtpeftError
+
+    pickled = tmp_path / "pickled-base"
+    pickled.mkdir()
+    shutil.copy(tiny_model / "config.json", pickled / "config.json")
+    torch.save(load_file(tiny_model / "model.safetensors"), pickled / "pytorch_model.bin")  # the same weights, pickled
+    with pytest.raises(ProtpeftError, match=r"refusing .* pytorch_model\.bin: only safetensors"):
+        load_backbone(str(pickled))
+
+
+def test_base_models_load_with_safetensors_only(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import EsmModel
+
+    seen: dict = {}
+    original = EsmModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(EsmModel, "from_pretrained", classmethod(spy))
+    load_backbone(str(tiny_model))
+    assert seen["use_safetensors"] is True  # hub ids too: transformers then never falls back to pickles
