@@ -39,14 +39,13 @@ from typing import Any
 
 import yaml
 
-from protpeft.config import RunConfig, load_config
+from protpeft.config import RunConfig, load_config, read_yaml_mapping, worker_resource_values
 from protpeft.errors import ConfigError
 from protpeft.tracking import MultiLogger, NullLogger
 
 __all__ = ["Job", "load_jobs", "run_many", "summary_rows", "write_summary"]
 
 TERMINAL = ("FINISHED", "FAILED")
-RESOURCE_KEYS = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}
 
 
 @dataclass
@@ -69,39 +68,44 @@ def _overrides_of(entry: dict[str, Any], where: str) -> list[str]:
     return list(items)
 
 
-def _resource_overrides(resources: Any, where: str) -> list[str]:
+def _resource_values(resources: Any, where: str) -> dict[str, float]:
     if resources is None:
-        return []
+        return {}
     if not isinstance(resources, dict):
         raise ConfigError(f"{where}: 'resources' must be a mapping like {{CPU: 1, GPU: 0.25}}")
-    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unsupported resources {unknown}; use CPU and GPU (per worker)")
-    return [f"{RESOURCE_KEYS[k]}={v}" for k, v in resources.items()]
+    try:
+        return worker_resource_values(resources)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(value))
 
 
-def _grid_jobs(spec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _grid_jobs(spec: dict[str, Any], where: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(job entry, its grid values) for every combination of the grid."""
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{where}: 'grid' must map config keys to non-empty lists of values")
-    base_name = load_config(spec["base"]).name if spec.get("base") else "run"
+    base_name = RunConfig.model_fields["name"].default
+    if spec.get("base"):  # the name only: the base is validated once, with each job's values
+        base_name = read_yaml_mapping(spec["base"], "config", "a config must be a mapping of sections")[0].get(
+            "name", base_name
+        )
     jobs = []
     for combo in itertools.product(*grid.values()):
-        pairs = list(zip(grid, combo, strict=True))
-        suffix = "-".join(f"{key.split('.')[-1]}={_slug(value)}" for key, value in pairs)
-        sets = [f"{key}={json.dumps(value) if isinstance(value, list | dict) else value}" for key, value in pairs]
-        jobs.append(
-            {"name": f"{base_name}-{suffix}" if suffix else base_name, "config": spec.get("base"), "set": sets}
-        )
+        values = dict(zip(grid, combo, strict=True))
+        suffix = "-".join(f"{key.split('.')[-1]}={_slug(value)}" for key, value in values.items())
+        jobs.append(({"name": f"{base_name}-{suffix}" if suffix else base_name, "config": spec.get("base")}, values))
     return jobs
 
 
 def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
     """Parse and validate a JOBS spec (a YAML path or its loaded content) → (jobs, output directory).
+
+    Each job's config is built once: its YAML, the spec's and the job's ``set`` strings, then its grid values,
+    resources and name as typed values, validated together.
 
     Raises:
         ConfigError: unreadable file, unknown keys, invalid job configs (named by job), or duplicate job names.
@@ -124,12 +128,16 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
         raise ConfigError(f"{where}: unknown keys {unknown}")
     if "jobs" in spec and "base" in spec:
         raise ConfigError(f"{where}: give either 'jobs' or 'base' + 'grid', not both")
-    entries = spec.get("jobs") if "jobs" in spec else _grid_jobs(spec, where)
+    listed = spec.get("jobs")
+    if "jobs" in spec and isinstance(listed, list):
+        entries = [(entry, {}) for entry in listed]
+    else:
+        entries = listed if "jobs" in spec else _grid_jobs(spec, where)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where}: no jobs")
     common_set = _overrides_of(spec, where)
     jobs: list[Job] = []
-    for i, entry in enumerate(entries, 1):
+    for i, (entry, grid_values) in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: job {i} must be a mapping with name, config, set, resources")
         bad = sorted(set(entry) - {"name", "config", "set", "resources"})
@@ -137,11 +145,11 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
             raise ConfigError(f"{where}: job {entry.get('name', i)}: unknown keys {bad}")
         label = f"{where}: job {entry.get('name', i)}"
         resources = entry.get("resources", spec.get("resources"))
-        overrides = common_set + _overrides_of(entry, label) + _resource_overrides(resources, label)
+        values = {**grid_values, **_resource_values(resources, label)}
         if entry.get("name"):
-            overrides.append(f"name={entry['name']}")
+            values["name"] = str(entry["name"])
         try:
-            cfg = load_config(entry.get("config"), overrides)
+            cfg = load_config(entry.get("config"), common_set + _overrides_of(entry, label), values)
         except ConfigError as err:
             raise ConfigError(f"{label}: {err}") from None
         jobs.append(Job(cfg.name, cfg, dict(resources or {})))
