@@ -43,7 +43,7 @@ from protpeft.config import RunConfig, load_config, read_yaml_mapping, worker_re
 from protpeft.errors import ConfigError
 from protpeft.tracking import MultiLogger, NullLogger
 
-__all__ = ["Job", "load_jobs", "run_many", "summary_rows", "write_summary"]
+__all__ = ["Job", "best_row", "load_jobs", "run_many", "summary_rows", "write_summary"]
 
 TERMINAL = ("FINISHED", "FAILED")
 
@@ -209,21 +209,34 @@ class _JobLoggerFactory:
         return MultiLogger(self.inner(), board_logger) if self.inner is not None else board_logger
 
 
-def _drive_job(config: dict[str, Any], name: str, board: Any, inner_factory: Any) -> dict[str, Any]:
-    """One job's driver (a Ray task): launch its training and report its end state; never raises."""
+def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any) -> dict[str, Any]:
+    """One job's driver (a Ray task): launch its training inside its tracked run (``run``: a
+    :class:`~protpeft.registry.run_lifecycle.TrackedRun`, or None) and report its end state; never raises."""
     from protpeft.trainer.ray_launch import launch_training, root_cause
 
-    cfg = RunConfig.model_validate(config)
     board.update.remote(name, state="STARTING")
-    factory = _JobLoggerFactory(inner_factory, board, name, cfg.engine.checkpoint_metric)
     try:
-        summary = launch_training(cfg, logger_factory=factory)
+        with _tracked(cfg, run) as tracked:
+            factory = _JobLoggerFactory(tracked.logger_factory, board, name, cfg.engine.checkpoint_metric)
+            summary = launch_training(cfg, logger_factory=factory)
         summary.update(state="FINISHED", error=None)
     except Exception as err:  # one failing job must not stop the others
         summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
     board.update.remote(name, state=summary["state"], step=summary.get("steps"))
-    summary["mlflow_run_id"] = getattr(inner_factory, "run_id", None)
+    summary["mlflow_run_id"] = getattr(run, "run_id", None)
     return summary
+
+
+def _tracked(cfg: RunConfig, run: Any):
+    """The job's tracked run around its training (FAILED if training raises); a stand-in without tracking."""
+    if run is None:
+        from contextlib import nullcontext
+        from types import SimpleNamespace
+
+        return nullcontext(SimpleNamespace(logger_factory=None))
+    from protpeft.registry.run_lifecycle import tracked_run
+
+    return tracked_run(cfg, run=run)
 
 
 def _progress_table(rows: list[dict[str, Any]], elapsed: float):
@@ -280,12 +293,17 @@ def summary_rows(jobs: list[Job], results: dict[str, dict[str, Any]]) -> list[di
 
 
 def best_row(rows: list[dict[str, Any]], metric: str = "val_aupr", mode: str = "max") -> dict[str, Any] | None:
-    """The finished job with the best final ``metric`` (None when no job finished with it)."""
-    scored = [r for r in rows if r["state"] == "FINISHED" and r["metrics"].get(metric) is not None]
+    """The FINISHED row (a run-many job, a Tune trial) with the best final ``metrics[metric]``; None when no finished
+    row has it as a number. (Early-stopped or failed rows have no complete artefact.)"""
+    scored = [r for r in rows if r["state"] == "FINISHED" and _is_number(r["metrics"].get(metric))]
     if not scored:
         return None
     pick = max if mode == "max" else min
     return pick(scored, key=lambda r: r["metrics"][metric])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -354,7 +372,8 @@ def run_many(
     Args:
         jobs_file_or_spec: JOBS.yaml path, or its content as a list / mapping.
         address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
-        tracking: ``cfg -> logger_factory`` (or None) for each job, e.g. MLflow.
+        tracking: ``cfg -> TrackedRun`` (or None) for each job: its MLflow run, created here
+            (:func:`protpeft.registry.run_lifecycle.start`).
         output: where ``summary.json`` and ``summary.md`` go (default: the spec's ``output``).
         console: a Rich console for the tables (default stdout).
     """
@@ -375,8 +394,8 @@ def run_many(
     refs = {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
-        factory = tracking(cfg) if tracking is not None else None
-        refs[driver.options(name=f"run-many:{job.name}").remote(cfg.to_dict(), job.name, board, factory)] = job
+        run = tracking(cfg) if tracking is not None else None
+        refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run)] = job
 
     results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
