@@ -58,7 +58,7 @@ def run_many_command(
     rows = run_many(jobs, address=address, tracking=_start_tracking, output=output, console=console)
     if register_as:
         from protpeft.registry import register_run
-        from protpeft.trainer.run_many import best_row
+        from protpeft.trainer.run_summary import best_row
 
         best = best_row(rows, metric)
         if best is None:

@@ -23,7 +23,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from protpeft.errors import ProtpeftError
-from protpeft.trainer.run_many import best_row
+from protpeft.trainer.run_summary import best_row
 from protpeft.tune.driver import DRIVER_RESOURCES, TRIAL_TAG, TrialContext, train_trial
 from protpeft.tune.ledger import (
     FAILED,
