@@ -50,7 +50,7 @@ def serve_command(
     curl -X POST http://127.0.0.1:8000/v1/models/ppi-lora/predict -H 'Content-Type: application/json'
     -d '{"pairs": [["MKTAYIAKQR", "MSEQNNTEMT"]]}'
     """
-    from protpeft.cli import console
+    from protpeft.console import console
 
     from .schemas import Limits
     from .serve import ServerInfo, serve_models

@@ -3,14 +3,13 @@ command bodies so ``protpeft --help`` is fast. Errors a user can fix print as on
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from protpeft.console import ClusterOpt, ConfigArg, SetOpt, console, err_console, print_json
 from protpeft.errors import ProtpeftError
 
 app = typer.Typer(
@@ -24,21 +23,6 @@ data_app = typer.Typer(help="Check and generate input data.", no_args_is_help=Tr
 model_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
-
-# Tables stay readable when output goes to a file or `make`'s log (Rich assumes 80 columns there).
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-
-# Shared option types
-ConfigArg = Annotated[Path, typer.Argument(help="Run config (YAML).", exists=False)]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
-]
-
-
-def print_json(data: Any) -> None:
-    console.print_json(json.dumps(data, default=str))
 
 
 def load_predictor(model: str, base: str | None = None):
@@ -59,17 +43,11 @@ def load_predictor(model: str, base: str | None = None):
 # train / evaluate / predict / params
 
 
-AddressOpt = Annotated[
-    str | None,
-    typer.Option("--address", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray instance)."),
-]
-
-
 @app.command()
 def train(
     config: ConfigArg,
     set_: SetOpt = None,
-    address: AddressOpt = None,
+    address: ClusterOpt = None,
     workers: Annotated[int | None, typer.Option(help="Ray Train workers (engine.workers).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per worker; fractions pack jobs.")] = None,
@@ -81,55 +59,15 @@ def train(
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
 ) -> None:
     """Train a model from CONFIG (through Ray Train) and write its run directory."""
-    from protpeft.config import load_config
+    from protpeft.trainer.train_command import train_from_cli
 
-    overrides = list(set_ or [])
-    for key, value in (
-        ("engine.workers", workers),
-        ("engine.cpus_per_worker", cpus_per_worker),
-        ("engine.gpus_per_worker", gpus_per_worker),
-        ("tracking.register_as", register_as),
-        ("tracking.alias", alias),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = load_config(config, overrides)
-    tracking = tracking_for(cfg)
-    try:
-        if local:
-            from protpeft.trainer.run import run_training
-
-            logger = tracking() if tracking else None
-            summary = run_training(cfg, logger=logger, resume_from=resume, progress=True).summary()
-        else:
-            from protpeft.trainer.ray_launch import launch_training
-
-            summary = launch_training(cfg, address=address, logger_factory=tracking, resume=resume)
-    except BaseException:
-        if tracking is not None:
-            tracking.close("FAILED")  # never leave the MLflow run RUNNING
-        raise
-    _print_result(summary)
-    if cfg.tracking.register_as:
-        from protpeft.registry import register_run
-
-        version = register_run(
-            summary["run_dir"],
-            cfg.tracking.register_as,
-            alias=cfg.tracking.alias,
-            mlflow_run_id=getattr(tracking, "run_id", None),
-        )
-        console.print(f"registered {version}")
-
-
-def tracking_for(cfg):
-    """A picklable factory of the run's MLflow logger (created on the driver, called in the rank-0 worker), or
-    None when tracking is off or the registry package is unavailable."""
-    if not cfg.tracking.mlflow:
-        return None
-    from protpeft.registry.tracking import logger_factory
-
-    return logger_factory(cfg)
+    outcome = train_from_cli(
+        config, set_, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker, local=local, resume=resume, register_as=register_as, alias=alias,
+    )  # fmt: skip
+    _print_result(outcome)
+    if outcome.registered is not None:
+        console.print(f"registered {outcome.registered}")
 
 
 def _print_result(summary: dict[str, Any]) -> None:
@@ -173,11 +111,9 @@ def predict(
     batch_size: int = 16,
     base: Annotated[str | None, typer.Option(help="Base model location override.")] = None,
     ray: Annotated[
-        bool, typer.Option("--ray", help="Predict as Ray tasks over chunks of the input (local Ray, or --address).")
+        bool, typer.Option("--ray", help="Predict as Ray tasks over chunks of the input (implied by --address).")
     ] = False,
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster for --ray (implies it), e.g. auto or HEAD:6379.")
-    ] = None,
+    address: ClusterOpt = None,
 ) -> None:
     """Predict interaction probabilities for pairs, or symmetry classes for sequences, into a TSV."""
     if ray or address:

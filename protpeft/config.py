@@ -24,10 +24,14 @@ __all__ = [
     "RunConfig",
     "SplitConfig",
     "TrackingConfig",
+    "WORKER_RESOURCE_KEYS",
     "apply_overrides",
     "flatten_config",
     "load_config",
     "parse_override",
+    "set_dotted",
+    "with_values",
+    "worker_resource_values",
 ]
 
 Task = Literal["ppi", "symmetry"]
@@ -246,20 +250,50 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each dotted override set (creating intermediate mappings)."""
+def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for the dotted key ``'a.b.c'`` in place, creating intermediate mappings.
+
+    The one dotted-key setter: ``--set`` strings (once parsed), run-many's typed values and Tune's sampled values all
+    go through it.
+    """
+    *parents, leaf = key.split(".") if isinstance(key, str) else key
+    node = raw
+    for part in parents:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[leaf] = copy.deepcopy(value)
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str] | None, values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of ``raw`` with each user ``--set`` string, then each typed dotted value (``{"engine.workers": 2}``),
+    set."""
     merged = copy.deepcopy(raw)
     for item in overrides or []:
-        keys, value = parse_override(item)
-        node = merged
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[k] = nxt
-            node = nxt
-        node[keys[-1]] = value
+        set_dotted(merged, *parse_override(item))
+    for key, value in (values or {}).items():
+        set_dotted(merged, key, value)
     return merged
+
+
+WORKER_RESOURCE_KEYS = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}
+"""Per-worker Ray resources (as run-many and Tune files name them) → the engine keys they set."""
+
+
+def worker_resource_values(resources: dict[str, float]) -> dict[str, float]:
+    """``{"CPU": 1, "GPU": 0.25}`` → ``{"engine.cpus_per_worker": 1, "engine.gpus_per_worker": 0.25}``.
+
+    Raises:
+        ConfigError: a resource other than CPU and GPU.
+    """
+    unknown = sorted(set(resources) - set(WORKER_RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"unsupported resources {unknown}; use CPU and GPU (per worker)")
+    return {WORKER_RESOURCE_KEYS[k]: v for k, v in resources.items()}
 
 
 def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
@@ -309,8 +343,11 @@ def read_yaml_mapping(path: str | Path, kind: str, expected: str) -> tuple[dict[
     return loaded, lines
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, validate.
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, then typed dotted
+    ``values`` (Python values, not strings: what run-many and the CLI's own options set), validate once.
 
     Relative data/model/output paths in the YAML are kept as written: they resolve against the working directory,
     as a user running ``protpeft train configs/x.yaml`` from the project root expects.
@@ -324,8 +361,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         raw, lines = read_yaml_mapping(path, "config", "a config must be a mapping of sections")
-    raw = apply_overrides(raw, overrides)
-    return config_from_dict(raw, source, lines)
+    return config_from_dict(apply_overrides(raw, overrides, values), source, lines)
+
+
+def with_values(cfg: RunConfig, values: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """``cfg`` with the dotted ``values`` set (``{"optim.lr": 3e-4, "name": "trial-1"}``), validated.
+
+    Raises:
+        ConfigError: a value makes the config invalid.
+    """
+    return config_from_dict(apply_overrides(cfg.to_dict(), None, values), source)
 
 
 def flatten_config(cfg: RunConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -101,6 +101,7 @@ def register_run(
     from mlflow.exceptions import MlflowException
 
     from .packaging import MODEL_PATH, package_run
+    from .run_lifecycle import logged_package
     from .tracking import run_tags
 
     check_name(name)
@@ -108,7 +109,7 @@ def register_run(
         check_alias(alias)
     run_dir = Path(run_dir)
     with tempfile.TemporaryDirectory(prefix="protpeft-register-") as tmp, _client(tracking_uri) as client:
-        packaged = package_run(run_dir, Path(tmp))  # validates the artefact before anything is written to MLflow
+        packaged = mlflow_run_id and logged_package(client, mlflow_run_id, run_dir) or package_run(run_dir, Path(tmp))
         artifact = packaged.artifact
         if mlflow_run_id:
             try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,16 @@ import protpeft
 from protpeft.config import RunConfig, flatten_config
 
 from . import store
-from .packaging import MODEL_PATH, PackagedRun, package_run
+from .packaging import MODEL_PATH, PackagedRun
 
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
 
 __all__ = ["MLflowLogger", "MLflowLoggerFactory", "git_commit", "logger_factory", "record_finished_run", "run_tags"]
+
+SIZE_TAG = "artifact_size_bytes"
+FILES_TAG = "artifact_files"
+"""Run tags with the logged artefact's size and file count (a registered version copies them)."""
 
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
 _BATCH = 100  # params/metrics per log_batch call (MLflow accepts at most 100 params per batch)
@@ -103,9 +106,9 @@ class MLflowLogger:
 
     def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None:
         """Record the finished run (lineage tags, costs, the artefact as a pyfunc model); mark it FINISHED."""
-        with tempfile.TemporaryDirectory(prefix="protpeft-package-") as tmp:
-            record_finished_run(self.client, self.run_id, artifact, package_run(run_dir, Path(tmp)))
-        self.client.set_terminated(self.run_id, "FINISHED")
+        from .run_lifecycle import log_finished_run
+
+        log_finished_run(self.client, self.run_id, run_dir, artifact)
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
@@ -115,7 +118,7 @@ def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packa
     """Tags, cost metrics and the uploaded pyfunc model (``model/``) of a finished run directory."""
     from mlflow.entities import Metric, RunTag
 
-    tags = {**run_tags(artifact), "artifact_size_bytes": str(packaged.size_bytes)}
+    tags = {**run_tags(artifact), SIZE_TAG: str(packaged.size_bytes), FILES_TAG: str(packaged.files)}
     if "git_commit" not in mlflow_client.get_run(run_id).data.tags:  # the driver's, set when the run was created
         tags["git_commit"] = git_commit()
     costs: dict[str, Any] = {f"params_{k}": v for k, v in artifact.params.items()}
@@ -146,17 +149,8 @@ class MLflowLoggerFactory:
 def logger_factory(
     cfg: RunConfig, tracking_uri: str | None = None, *, parent_run_id: str | None = None, run_name: str | None = None
 ) -> MLflowLoggerFactory:
-    """Create the MLflow run for ``cfg`` (store and experiment created when missing) and return its factory.
+    """Create the MLflow run for ``cfg`` and return its factory (see
+    :func:`protpeft.registry.run_lifecycle.create_run`, where runs are created)."""
+    from .run_lifecycle import create_run
 
-    ``parent_run_id`` nests the run under that run (MLflow's ``mlflow.parentRunId`` tag; a Tune trial under its
-    experiment's run); ``run_name`` replaces ``cfg.name`` as the name shown in MLflow.
-    """
-    uri = store.ensure_store(tracking_uri)
-    mlflow_client = store.client(uri)
-    experiment_id = store.ensure_experiment(mlflow_client, cfg.tracking.experiment)
-    tags = {"task": cfg.task, "mode": cfg.mode, "base_model": cfg.model.base, "git_commit": git_commit(),
-            "protpeft_version": protpeft.__version__, "run_name": cfg.name}  # fmt: skip
-    if parent_run_id is not None:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow_client.create_run(experiment_id, run_name=run_name or cfg.name, tags=tags)
-    return MLflowLoggerFactory(run.info.run_id, uri)
+    return create_run(cfg, tracking_uri, parent_run_id=parent_run_id, run_name=run_name)

@@ -12,22 +12,11 @@ from typing import Annotated
 
 import typer
 
+from protpeft.console import ClusterOpt, JobsAddressOpt, console, err_console
 from protpeft.errors import ProtpeftError
 
 __all__ = ["register"]
 
-ClusterOpt = Annotated[
-    str | None,
-    typer.Option("--address", help="Ray cluster (default: $RAY_ADDRESS, else a new local Ray instance)."),
-]
-JobsAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="Ray dashboard / Jobs API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS if it "
-        "is http, else http://127.0.0.1:8265).",
-    ),
-]
 JobIdArg = Annotated[str, typer.Argument(help="Submission id, as printed by `protpeft submit` or `jobs list`.")]
 
 jobs_app = typer.Typer(
@@ -35,23 +24,16 @@ jobs_app = typer.Typer(
 )
 
 
-def _consoles():
-    from protpeft.cli import console, err_console
-
-    return console, err_console
-
-
-def _tracking(cfg):
-    """The run's tracking logger factory (as ``protpeft train`` builds it), or None while the registry that
-    provides it is not installed."""
-    from protpeft.cli import tracking_for
-
+def _start_tracking(cfg):
+    """The job's tracked run (its MLflow run created here, ended by the job's driver task), or None while the
+    registry that provides tracking is not installed."""
     try:
-        return tracking_for(cfg)
+        from protpeft.registry.run_lifecycle import start
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("protpeft.registry"):
             return None
         raise
+    return start(cfg)
 
 
 def run_many_command(
@@ -73,11 +55,10 @@ def run_many_command(
     """
     from protpeft.trainer.run_many import run_many
 
-    console, _ = _consoles()
-    rows = run_many(jobs, address=address, tracking=_tracking, output=output, console=console)
+    rows = run_many(jobs, address=address, tracking=_start_tracking, output=output, console=console)
     if register_as:
         from protpeft.registry import register_run
-        from protpeft.trainer.run_many import best_row
+        from protpeft.trainer.run_summary import best_row
 
         best = best_row(rows, metric)
         if best is None:
@@ -110,7 +91,6 @@ def submit_command(
     """
     from protpeft.trainer.jobs import job_logs, job_status, submit_job
 
-    console, err_console = _consoles()
     job_id = submit_job(
         list(command or []),
         address=address,
@@ -133,7 +113,6 @@ def jobs_list(address: JobsAddressOpt = None) -> None:
 
     from protpeft.trainer.jobs import list_jobs
 
-    console, _ = _consoles()
     table = Table(title="jobs")
     for column in ("submission id", "status", "entrypoint", "message"):
         table.add_column(column)
@@ -152,7 +131,6 @@ def jobs_status(
     """Print a job's status."""
     from protpeft.trainer.jobs import job_status
 
-    console, _ = _consoles()
     status = job_status(address, job_id, wait=wait, timeout_s=timeout)
     console.print(status, highlight=False)
     if wait and status != "SUCCEEDED":
@@ -181,7 +159,6 @@ def jobs_stop(job_id: JobIdArg, address: JobsAddressOpt = None) -> None:
     """Stop a running job."""
     from protpeft.trainer.jobs import stop_job
 
-    console, _ = _consoles()
     console.print(f"stopping {job_id}" if stop_job(address, job_id) else f"{job_id} had already ended")
 
 

@@ -25,6 +25,7 @@ from protpeft.errors import ProtpeftError
 from protpeft.tracking import MetricLogger
 from protpeft.trainer.checkpoints import STATE_FILE
 from protpeft.trainer.context import WorkerContext
+from protpeft.trainer.fresh_run import start_afresh
 
 __all__ = [
     "RayReporter",
@@ -86,7 +87,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from protpeft.trainer.run import run_training
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint in the user's console
-    cfg = RunConfig.model_validate(config["config"])
+    cfg: RunConfig = config["config"]  # the driver's validated object (pickled), not validated again
     ctx = WorkerContext.from_process_group(get_device())
     factory = config.get("logger_factory")
     logger: MetricLogger | None = factory() if factory is not None and ctx.is_leader else None
@@ -160,18 +161,20 @@ def resolve_resume(resume: str | Path, storage: Path, name: str) -> tuple[Path, 
 
 def absolute_paths(cfg: RunConfig) -> RunConfig:
     """Relative paths resolved against the driver's working directory before the config travels to workers, whose
-    working directory Ray chooses."""
-    data = cfg.to_dict()
-    data["output_dir"] = str(Path(cfg.output_dir).expanduser().resolve())
-    for key in ("pairs", "sequences", "table", "cache_dir"):
-        if data["data"].get(key):
-            data["data"][key] = str(Path(data["data"][key]).expanduser().resolve())
-    if cfg.engine.deepspeed_config is not None:
-        data["engine"]["deepspeed_config"] = str(Path(cfg.engine.deepspeed_config).expanduser().resolve())
+    working directory Ray chooses. A copy with resolved paths, not validated again (paths stay paths)."""
+
+    def resolved(path: Path | None) -> Path | None:
+        return Path(path).expanduser().resolve() if path is not None else None
+
+    data = cfg.data.model_copy(update={key: resolved(getattr(cfg.data, key)) for key in _DATA_PATHS})
+    engine = cfg.engine.model_copy(update={"deepspeed_config": resolved(cfg.engine.deepspeed_config)})
     base = Path(cfg.model.base).expanduser()
-    if base.exists():
-        data["model"]["base"] = str(base.resolve())
-    return RunConfig.model_validate(data)
+    model = cfg.model.model_copy(update={"base": str(base.resolve())}) if base.exists() else cfg.model
+    update = {"output_dir": resolved(cfg.output_dir), "data": data, "engine": engine, "model": model}
+    return cfg.model_copy(update=update)
+
+
+_DATA_PATHS = ("pairs", "sequences", "table", "cache_dir")
 
 
 def _prepare_storage(
@@ -186,9 +189,7 @@ def _prepare_storage(
             # (later restarts then resume from what this run reports).
             (storage / name / SNAPSHOT_FILE).unlink(missing_ok=True)
     else:
-        shutil.rmtree(storage / name, ignore_errors=True)
-        for stale in ("protpeft.json", "metrics.jsonl"):  # so the summary and log are this run's own
-            (cfg.run_dir / stale).unlink(missing_ok=True)
+        start_afresh(cfg.run_dir, storage / name)
     return storage, name, explicit
 
 
@@ -259,7 +260,7 @@ def build_trainer(
     resources = {"CPU": engine.cpus_per_worker} | ({"GPU": engine.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.to_dict(), "logger_factory": logger_factory, "resume_from": resume_from},
+        train_loop_config={"config": cfg, "logger_factory": logger_factory, "resume_from": resume_from},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=engine.workers, use_gpu=use_gpu, resources_per_worker=resources

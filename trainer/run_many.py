@@ -29,7 +29,6 @@ FAILED with its error on one line; the others carry on.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable
@@ -39,14 +38,13 @@ from typing import Any
 
 import yaml
 
-from protpeft.config import RunConfig, load_config
+from protpeft.config import RunConfig, load_config, read_yaml_mapping, worker_resource_values
 from protpeft.errors import ConfigError
 from protpeft.tracking import MultiLogger, NullLogger
 
-__all__ = ["Job", "load_jobs", "run_many", "summary_rows", "write_summary"]
+__all__ = ["Job", "load_jobs", "run_many"]
 
 TERMINAL = ("FINISHED", "FAILED")
-RESOURCE_KEYS = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}
 
 
 @dataclass
@@ -69,39 +67,44 @@ def _overrides_of(entry: dict[str, Any], where: str) -> list[str]:
     return list(items)
 
 
-def _resource_overrides(resources: Any, where: str) -> list[str]:
+def _resource_values(resources: Any, where: str) -> dict[str, float]:
     if resources is None:
-        return []
+        return {}
     if not isinstance(resources, dict):
         raise ConfigError(f"{where}: 'resources' must be a mapping like {{CPU: 1, GPU: 0.25}}")
-    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unsupported resources {unknown}; use CPU and GPU (per worker)")
-    return [f"{RESOURCE_KEYS[k]}={v}" for k, v in resources.items()]
+    try:
+        return worker_resource_values(resources)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(value))
 
 
-def _grid_jobs(spec: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _grid_jobs(spec: dict[str, Any], where: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(job entry, its grid values) for every combination of the grid."""
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{where}: 'grid' must map config keys to non-empty lists of values")
-    base_name = load_config(spec["base"]).name if spec.get("base") else "run"
+    base_name = RunConfig.model_fields["name"].default
+    if spec.get("base"):  # the name only: the base is validated once, with each job's values
+        base_name = read_yaml_mapping(spec["base"], "config", "a config must be a mapping of sections")[0].get(
+            "name", base_name
+        )
     jobs = []
     for combo in itertools.product(*grid.values()):
-        pairs = list(zip(grid, combo, strict=True))
-        suffix = "-".join(f"{key.split('.')[-1]}={_slug(value)}" for key, value in pairs)
-        sets = [f"{key}={json.dumps(value) if isinstance(value, list | dict) else value}" for key, value in pairs]
-        jobs.append(
-            {"name": f"{base_name}-{suffix}" if suffix else base_name, "config": spec.get("base"), "set": sets}
-        )
+        values = dict(zip(grid, combo, strict=True))
+        suffix = "-".join(f"{key.split('.')[-1]}={_slug(value)}" for key, value in values.items())
+        jobs.append(({"name": f"{base_name}-{suffix}" if suffix else base_name, "config": spec.get("base")}, values))
     return jobs
 
 
 def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
     """Parse and validate a JOBS spec (a YAML path or its loaded content) → (jobs, output directory).
+
+    Each job's config is built once: its YAML, the spec's and the job's ``set`` strings, then its grid values,
+    resources and name as typed values, validated together.
 
     Raises:
         ConfigError: unreadable file, unknown keys, invalid job configs (named by job), or duplicate job names.
@@ -124,12 +127,16 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
         raise ConfigError(f"{where}: unknown keys {unknown}")
     if "jobs" in spec and "base" in spec:
         raise ConfigError(f"{where}: give either 'jobs' or 'base' + 'grid', not both")
-    entries = spec.get("jobs") if "jobs" in spec else _grid_jobs(spec, where)
+    listed = spec.get("jobs")
+    if "jobs" in spec and isinstance(listed, list):
+        entries = [(entry, {}) for entry in listed]
+    else:
+        entries = listed if "jobs" in spec else _grid_jobs(spec, where)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where}: no jobs")
     common_set = _overrides_of(spec, where)
     jobs: list[Job] = []
-    for i, entry in enumerate(entries, 1):
+    for i, (entry, grid_values) in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: job {i} must be a mapping with name, config, set, resources")
         bad = sorted(set(entry) - {"name", "config", "set", "resources"})
@@ -137,11 +144,11 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
             raise ConfigError(f"{where}: job {entry.get('name', i)}: unknown keys {bad}")
         label = f"{where}: job {entry.get('name', i)}"
         resources = entry.get("resources", spec.get("resources"))
-        overrides = common_set + _overrides_of(entry, label) + _resource_overrides(resources, label)
+        values = {**grid_values, **_resource_values(resources, label)}
         if entry.get("name"):
-            overrides.append(f"name={entry['name']}")
+            values["name"] = str(entry["name"])
         try:
-            cfg = load_config(entry.get("config"), overrides)
+            cfg = load_config(entry.get("config"), common_set + _overrides_of(entry, label), values)
         except ConfigError as err:
             raise ConfigError(f"{label}: {err}") from None
         jobs.append(Job(cfg.name, cfg, dict(resources or {})))
@@ -201,21 +208,34 @@ class _JobLoggerFactory:
         return MultiLogger(self.inner(), board_logger) if self.inner is not None else board_logger
 
 
-def _drive_job(config: dict[str, Any], name: str, board: Any, inner_factory: Any) -> dict[str, Any]:
-    """One job's driver (a Ray task): launch its training and report its end state; never raises."""
+def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any) -> dict[str, Any]:
+    """One job's driver (a Ray task): launch its training inside its tracked run (``run``: a
+    :class:`~protpeft.registry.run_lifecycle.TrackedRun`, or None) and report its end state; never raises."""
     from protpeft.trainer.ray_launch import launch_training, root_cause
 
-    cfg = RunConfig.model_validate(config)
     board.update.remote(name, state="STARTING")
-    factory = _JobLoggerFactory(inner_factory, board, name, cfg.engine.checkpoint_metric)
     try:
-        summary = launch_training(cfg, logger_factory=factory)
+        with _tracked(cfg, run) as tracked:
+            factory = _JobLoggerFactory(tracked.logger_factory, board, name, cfg.engine.checkpoint_metric)
+            summary = launch_training(cfg, logger_factory=factory)
         summary.update(state="FINISHED", error=None)
     except Exception as err:  # one failing job must not stop the others
         summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
     board.update.remote(name, state=summary["state"], step=summary.get("steps"))
-    summary["mlflow_run_id"] = getattr(inner_factory, "run_id", None)
+    summary["mlflow_run_id"] = getattr(run, "run_id", None)
     return summary
+
+
+def _tracked(cfg: RunConfig, run: Any):
+    """The job's tracked run around its training (FAILED if training raises); a stand-in without tracking."""
+    if run is None:
+        from contextlib import nullcontext
+        from types import SimpleNamespace
+
+        return nullcontext(SimpleNamespace(logger_factory=None))
+    from protpeft.registry.run_lifecycle import tracked_run
+
+    return tracked_run(cfg, run=run)
 
 
 def _progress_table(rows: list[dict[str, Any]], elapsed: float):
@@ -238,97 +258,6 @@ def _progress_table(rows: list[dict[str, Any]], elapsed: float):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# summary
-
-
-def summary_rows(jobs: list[Job], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per job: mode, trainable params, peak memory, time, val/test AUPR, state, error."""
-    rows = []
-    for job in jobs:
-        res = results.get(job.name, {"state": "FAILED", "error": "no result"})
-        metrics, params = res.get("metrics") or {}, res.get("params") or {}
-        rows.append(
-            {
-                "job": job.name,
-                "mode": job.cfg.mode,
-                "task": job.cfg.task,
-                "state": res.get("state"),
-                "trainable_params": params.get("trainable"),
-                "total_params": params.get("total"),
-                "peak_memory_mb": res.get("peak_memory_mb"),
-                "seconds": res.get("seconds"),
-                "steps": res.get("steps"),
-                "val_aupr": metrics.get("val_aupr"),
-                "test_aupr": metrics.get("test_aupr"),
-                "workers": job.cfg.engine.workers,
-                "resources": job.resources,
-                "run_dir": res.get("run_dir"),
-                "error": res.get("error"),
-                "mlflow_run_id": res.get("mlflow_run_id"),
-                "metrics": metrics,
-            }
-        )
-    return rows
-
-
-def best_row(rows: list[dict[str, Any]], metric: str = "val_aupr", mode: str = "max") -> dict[str, Any] | None:
-    """The finished job with the best final ``metric`` (None when no job finished with it)."""
-    scored = [r for r in rows if r["state"] == "FINISHED" and r["metrics"].get(metric) is not None]
-    if not scored:
-        return None
-    pick = max if mode == "max" else min
-    return pick(scored, key=lambda r: r["metrics"][metric])
-
-
-def _fmt(value: Any, spec: str = "") -> str:
-    if value is None:
-        return "—"
-    return format(value, spec) if spec else str(value)
-
-
-COLUMNS = (
-    ("job", "job", ""),
-    ("mode", "mode", ""),
-    ("trainable", "trainable_params", ","),
-    ("peak MB", "peak_memory_mb", ".0f"),
-    ("time s", "seconds", ".1f"),
-    ("val AUPR", "val_aupr", ".4f"),
-    ("test AUPR", "test_aupr", ".4f"),
-    ("state", "state", ""),
-)
-
-
-def write_summary(rows: list[dict[str, Any]], output: Path) -> tuple[Path, Path]:
-    """``summary.json`` (every field) and ``summary.md`` (the comparison table) in ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = output / "summary.json", output / "summary.md"
-    json_path.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    lines = ["| " + " | ".join(title for title, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(key), spec) for _, key, spec in COLUMNS) + " |")
-    failed = [row for row in rows if row.get("error")]
-    if failed:
-        lines += ["", *(f"- {row['job']}: {row['error']}" for row in failed)]
-    md_path.write_text("\n".join(lines) + "\n")
-    return json_path, md_path
-
-
-def summary_table(rows: list[dict[str, Any]]):
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title="run-many summary", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for title, key, _ in COLUMNS:  # numbers and states never wrap; a long job name folds
-        justify = "left" if key in ("job", "mode", "state") else "right"
-        table.add_column(
-            title, justify=justify, no_wrap=key != "job", overflow="fold", min_width=8 if key == "job" else None
-        )
-    for row in rows:
-        table.add_row(*(_fmt(row.get(key), spec) for _, key, spec in COLUMNS))
-    return table
-
-
-# --------------------------------------------------------------------------------------------------------------
 # run-many
 
 
@@ -346,7 +275,8 @@ def run_many(
     Args:
         jobs_file_or_spec: JOBS.yaml path, or its content as a list / mapping.
         address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
-        tracking: ``cfg -> logger_factory`` (or None) for each job, e.g. MLflow.
+        tracking: ``cfg -> TrackedRun`` (or None) for each job: its MLflow run, created here
+            (:func:`protpeft.registry.run_lifecycle.start`).
         output: where ``summary.json`` and ``summary.md`` go (default: the spec's ``output``).
         console: a Rich console for the tables (default stdout).
     """
@@ -357,6 +287,7 @@ def run_many(
 
     from protpeft.trainer.ray_cluster import connect
     from protpeft.trainer.ray_launch import absolute_paths, root_cause
+    from protpeft.trainer.run_summary import summary_rows, summary_table, write_summary
 
     jobs, default_output = load_jobs(jobs_file_or_spec)
     output = Path(output or default_output)
@@ -367,8 +298,8 @@ def run_many(
     refs = {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
-        factory = tracking(cfg) if tracking is not None else None
-        refs[driver.options(name=f"run-many:{job.name}").remote(cfg.to_dict(), job.name, board, factory)] = job
+        run = tracking(cfg) if tracking is not None else None
+        refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run)] = job
 
     results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()

@@ -15,6 +15,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from protpeft.console import ClusterOpt
+
 __all__ = ["register", "tune_app"]
 
 
@@ -40,10 +42,7 @@ def run_command(
     tune_file: Annotated[
         Path, typer.Argument(help="TUNE.yaml (base config, space, search); with --resume also its experiment dir.")
     ],
-    address: Annotated[
-        str | None,
-        typer.Option("--address", help="Ray cluster (default: $RAY_ADDRESS, else a new local Ray instance)."),
-    ] = None,
+    address: ClusterOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the interrupted experiment; finished trials are kept.")
     ] = False,
@@ -61,7 +60,7 @@ def run_command(
 
     Example: protpeft tune configs/tune/demo.yaml --register-best demo-tuned
     """
-    from protpeft.cli import console
+    from protpeft.console import console
     from protpeft.tune.experiment import run_search
 
     if alias and not register_best:
@@ -90,7 +89,7 @@ def report_command(
 
     Example: protpeft tune report runs/tune/demo
     """
-    from protpeft.cli import console
+    from protpeft.console import console
     from protpeft.tune.report import load_trials, log_report, write_report
 
     files = write_report(experiment, out)

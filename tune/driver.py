@@ -72,12 +72,12 @@ class TrialContext:
     def trial_config(self, sampled: dict[str, Any], trial_id: str) -> RunConfig:
         """The trial's run config: base + sampled values, named after the trial, never registering by itself."""
         spec = self.spec
-        identity = [
-            f"name=trial-{trial_id}",  # a bare id such as 53705_00001 would read as a YAML integer
-            f"output_dir={Path(self.experiment_dir) / 'trials'}",
-            "tracking.register_as=null",
-            "tracking.alias=null",
-        ]
+        identity = {
+            "name": f"trial-{trial_id}",
+            "output_dir": str(Path(self.experiment_dir) / "trials"),
+            "tracking.register_as": None,
+            "tracking.alias": None,
+        }
         return spec.trial_config(spec.decode(sampled), identity)
 
     def record_attempt(self, trial_id: str) -> None:
@@ -86,12 +86,13 @@ class TrialContext:
             fh.write(line + "\n")
 
     def tracking(self, cfg: RunConfig, trial_id: str) -> Any:
-        """The trial's MLflow child run (created, or reopened when a resumed trial already has one) as a logger
-        factory; None when tracking is off."""
+        """The trial's tracked run: its MLflow child run, created, or reopened when a resumed trial already has one
+        (:class:`~protpeft.registry.run_lifecycle.TrackedRun`; without an MLflow run when tracking is off)."""
+        from protpeft.registry.run_lifecycle import TrackedRun, create_run, reopen_run
+
         if self.tracking_uri is None:
-            return None
+            return TrackedRun()
         from protpeft.registry import store
-        from protpeft.registry.tracking import MLflowLoggerFactory, logger_factory
 
         client = store.client(self.tracking_uri)
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -99,15 +100,14 @@ class TrialContext:
             query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
             found = client.search_runs([experiment.experiment_id], filter_string=query, max_results=1)
             if found:
-                client.update_run(found[0].info.run_id, status="RUNNING")
-                return MLflowLoggerFactory(found[0].info.run_id, self.tracking_uri)
+                return TrackedRun(reopen_run(found[0].info.run_id, self.tracking_uri))
         name = f"{Path(self.experiment_dir).name}-{trial_id}"
-        factory = logger_factory(cfg, self.tracking_uri, parent_run_id=self.parent_run_id, run_name=name)
+        factory = create_run(cfg, self.tracking_uri, parent_run_id=self.parent_run_id, run_name=name)
         client.set_tag(factory.run_id, TRIAL_TAG, trial_id)
-        return factory
+        return TrackedRun(factory)
 
 
-def final_result(cfg: RunConfig, factory: Any) -> dict[str, Any]:
+def final_result(cfg: RunConfig, run_id: str | None) -> dict[str, Any]:
     """The trial's last Tune result: its run directory's summary (final val + test metrics, steps, embedded
     sequences); ``run_dir`` in a result marks a trial that trained to the end."""
     from protpeft.artifact import read_artifact
@@ -120,7 +120,7 @@ def final_result(cfg: RunConfig, factory: Any) -> dict[str, Any]:
         seconds=artifact.seconds,
         trainable_params=artifact.params.get("trainable"),
         run_dir=str(cfg.run_dir),
-        mlflow_run_id=getattr(factory, "run_id", None),
+        mlflow_run_id=run_id,
     )
     return result
 
@@ -135,18 +135,19 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from protpeft.registry.run_lifecycle import tracked_run
     from protpeft.trainer.ray_launch import TrainingFailed, build_trainer, root_cause
 
     trial_id = tune.get_context().get_trial_id()
     cfg = context.trial_config(config, trial_id)
     context.record_attempt(trial_id)
-    factory = context.tracking(cfg, trial_id)
     storage = Path(context.experiment_dir) / "train"
-    trainer = build_trainer(cfg, storage, train_run_name(trial_id), factory, callbacks=[TuneReportCallback()])
-    try:
-        trainer.fit()
-    except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
-        if factory is not None:
-            factory.close("FAILED")
-        raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
-    tune.report(final_result(cfg, factory))
+    with tracked_run(cfg, run=context.tracking(cfg, trial_id)) as run:  # FAILED when the Train run fails
+        trainer = build_trainer(
+            cfg, storage, train_run_name(trial_id), run.logger_factory, callbacks=[TuneReportCallback()]
+        )
+        try:
+            trainer.fit()
+        except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
+            raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
+    tune.report(final_result(cfg, run.run_id))

@@ -23,6 +23,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from protpeft.errors import ProtpeftError
+from protpeft.trainer.run_summary import best_row
 from protpeft.tune.driver import DRIVER_RESOURCES, TRIAL_TAG, TrialContext, train_trial
 from protpeft.tune.ledger import (
     FAILED,
@@ -31,7 +32,6 @@ from protpeft.tune.ledger import (
     PENDING,
     STOPPED,
     TrialLedger,
-    best_trial,
     collect_trials,
     read_json,
     write_json,
@@ -92,12 +92,12 @@ def trial_capacity(search: SearchSpec, cluster: dict[str, float]) -> int:
 
 def _start_parent_run(search: SearchSpec, uri: str) -> str:
     from protpeft.registry import store
+    from protpeft.registry.run_lifecycle import open_run
 
-    client = store.client(uri)
     cfg = search.sample_config()
-    experiment_id = store.ensure_experiment(client, cfg.tracking.experiment)
     tags = {"protpeft.tune": "experiment", "task": cfg.task, "base_model": cfg.model.base}
-    run = client.create_run(experiment_id, run_name=search.name, tags=tags)
+    run_id, _ = open_run(cfg.tracking.experiment, search.name, tags, uri)
+    client = store.client(uri)
     settings = search.spec.search
     params = {
         "search.algorithm": settings.algorithm,
@@ -110,9 +110,9 @@ def _start_parent_run(search: SearchSpec, uri: str) -> str:
     }
     params.update({f"space.{k}": json.dumps(d.model_dump(exclude_none=True)) for k, d in search.spec.space.items()})
     for key, value in params.items():
-        client.log_param(run.info.run_id, key, str(value)[:6000])
-    client.log_dict(run.info.run_id, search.to_dict(), "search.json")
-    return run.info.run_id
+        client.log_param(run_id, key, str(value)[:6000])
+    client.log_dict(run_id, search.to_dict(), "search.json")
+    return run_id
 
 
 def _prepare(tune_file: str | Path, resume: bool) -> tuple[SearchSpec, Path, dict[str, Any]]:
@@ -306,7 +306,7 @@ def finish_search(
     settings = search.spec.search
     rows = collect_trials(exp_dir, search)
     interrupted = any(r["state"] in (PENDING, INTERRUPTED) for r in rows) or len(rows) == 0
-    best = best_trial(rows, settings.metric, settings.mode)
+    best = best_row(rows, settings.metric, settings.mode)
     if uri is not None and parent is not None:
         _close_runs(rows, uri, parent, settings.metric, best, interrupted)
     registered = None

@@ -19,7 +19,6 @@ __all__ = [
     "PENDING",
     "STOPPED",
     "TrialLedger",
-    "best_trial",
     "collect_trials",
     "read_json",
     "write_json",
@@ -135,12 +134,3 @@ def collect_trials(experiment_dir: Path, search: SearchSpec) -> list[dict[str, A
             }
         )
     return rows
-
-
-def best_trial(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The finished trial with the best final ``metric`` (early-stopped trials have no complete artefact)."""
-    done = [r for r in rows if r["state"] == FINISHED and _number(r["metrics"].get(metric))]
-    if not done:
-        return None
-    pick = max if mode == "max" else min
-    return pick(done, key=lambda r: r["metrics"][metric])

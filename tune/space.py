@@ -33,7 +33,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from protpeft.config import RunConfig, apply_overrides, config_from_dict, read_yaml_mapping
+from protpeft.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    read_yaml_mapping,
+    worker_resource_values,
+)
 from protpeft.errors import ConfigError
 
 __all__ = [
@@ -50,7 +56,6 @@ __all__ = [
 
 Algorithm = Literal["grid", "random", "optuna"]
 DEFAULT_SAMPLES = {"grid": 1, "random": 8, "optuna": 8}
-RESOURCE_OVERRIDES = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}
 
 
 class _Section(BaseModel):
@@ -153,8 +158,9 @@ class TrialResources(_Section):
     CPU: float | None = Field(None, gt=0)
     GPU: float | None = Field(None, ge=0)
 
-    def overrides(self) -> list[str]:
-        return [f"{RESOURCE_OVERRIDES[k]}={v}" for k, v in self.model_dump(exclude_none=True).items()]
+    def values(self) -> dict[str, float]:
+        """The engine keys these resources set, e.g. ``{"engine.cpus_per_worker": 1.0}``."""
+        return worker_resource_values(self.model_dump(exclude_none=True))
 
 
 class TuneSpec(_Section):
@@ -201,14 +207,6 @@ def _config_fields(model: type[BaseModel], path: list[str]) -> str | None:
     return f"{head!r} is a section; search one of its keys" if is_section else None
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = copy.deepcopy(value)
-
-
 class SearchSpec:
     """A validated TUNE file: the spec, the base config (as a raw mapping, overrides applied) and where it came from.
 
@@ -238,12 +236,11 @@ class SearchSpec:
                 out[key] = json.loads(value) if key in self.encoded_keys() and isinstance(value, str) else value
         return out
 
-    def trial_config(self, values: dict[str, Any], extra: list[str] | None = None) -> RunConfig:
-        """The run config of one trial: base, then the sampled ``values`` (decoded), then ``extra`` overrides."""
-        raw = copy.deepcopy(self.base)
-        for key, value in values.items():
-            _set_dotted(raw, key, value)
-        return config_from_dict(apply_overrides(raw, extra), f"{self.source} (trial)")
+    def trial_config(self, values: dict[str, Any], identity: dict[str, Any] | None = None) -> RunConfig:
+        """The run config of one trial: base, then the sampled ``values`` (decoded), then ``identity`` (dotted keys
+        with typed values, e.g. the trial's name), validated once."""
+        raw = apply_overrides(self.base, None, {**values, **(identity or {})})
+        return config_from_dict(raw, f"{self.source} (trial)")
 
     def sample_config(self) -> RunConfig:
         """The config of a trial taking each key's first probe value (used for sizing and defaults)."""
@@ -300,7 +297,7 @@ def _base_raw(spec: TuneSpec, source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: base: no such config file {base} (paths are relative to {Path.cwd()})")
         raw, _ = read_yaml_mapping(base, "config", "a config must be a mapping of sections")
     try:
-        return apply_overrides(raw, spec.set + spec.resources.overrides())
+        return apply_overrides(raw, spec.set, spec.resources.values())
     except ConfigError as err:
         raise ConfigError(f"{source}: set: {err}") from None
 

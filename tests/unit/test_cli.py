@@ -105,3 +105,32 @@ def test_a_commands_exit_code_reaches_the_shell(monkeypatch: pytest.MonkeyPatch)
     assert exited.value.code == 3
     monkeypatch.setattr(sys, "argv", ["protpeft", "works"])
     cli.main()  # no SystemExit: exit status 0
+
+
+def test_a_fresh_local_run_starts_clean(make_config, tmp_path: Path) -> None:
+    """`train --local` of a run whose directory holds an earlier run's metrics and checkpoints starts clean."""
+    import yaml
+
+    from protpeft.trainer.train_command import train_from_cli
+
+    cfg = make_config("ppi", "lora", "optim.max_steps=2", "data.max_examples=32", "engine.eval_every=2")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    stale = cfg.run_dir / "checkpoints" / "step-00000999"
+    stale.mkdir(parents=True)
+    (stale / "train_state.json").write_text("{}")
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 999, "train_loss": 9.0}) + "\n")
+
+    summary = train_from_cli(path, local=True, progress=False)
+
+    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records and max(r["step"] for r in records) == summary["steps"] == 2
+    assert not stale.exists()
+
+
+def test_sub_clis_do_not_import_the_root_cli() -> None:
+    """The CLI is one layer: shared console and options come from protpeft.console, never from protpeft.cli."""
+    root = Path(__file__).resolve().parents[2]
+    for package in ("trainer", "tune", "registry", "deploy"):
+        for source in (root / package).glob("*.py"):
+            assert "protpeft.cli import" not in source.read_text(), source

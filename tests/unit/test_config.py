@@ -84,3 +84,26 @@ def test_every_shipped_config_is_valid(path: Path) -> None:
 def test_yaml11_boolean_words_stay_strings_in_overrides() -> None:
     assert parse_override("name=off") == (["name"], "off")
     assert parse_override("data.bucket_by_length=false") == (["data", "bucket_by_length"], False)
+
+
+def test_typed_dotted_values_are_set_without_strings(tmp_path: Path) -> None:
+    from protpeft.config import set_dotted, with_values, worker_resource_values
+
+    raw: dict = {"optim": {"lr": 1}}
+    set_dotted(raw, "lora.target_modules", ["query"])
+    set_dotted(raw, "optim.lr", 1e-5)
+    assert raw == {"optim": {"lr": 1e-5}, "lora": {"target_modules": ["query"]}}
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 0.1}\n")
+    cfg = load_config(path, ["optim.lr=0.2"], {"optim.lr": 1e-5, "name": "123", "tracking.alias": None})
+    assert (cfg.optim.lr, cfg.name, cfg.tracking.alias) == (1e-5, "123", None)  # values win over --set
+    again = with_values(cfg, {"lora.r": 4, "engine.cpus_per_worker": 0.5})
+    assert (again.lora.r, again.engine.cpus_per_worker, cfg.lora.r) == (4, 0.5, 8)
+    with pytest.raises(ConfigError, match="lora.r"):
+        with_values(cfg, {"lora.r": 0})
+    assert worker_resource_values({"CPU": 2, "GPU": 0.25}) == {
+        "engine.cpus_per_worker": 2,
+        "engine.gpus_per_worker": 0.25,
+    }
+    with pytest.raises(ConfigError, match="TPU"):
+        worker_resource_values({"TPU": 1})

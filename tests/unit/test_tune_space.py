@@ -83,13 +83,13 @@ def test_sampled_values_become_the_trial_config() -> None:
     space = search.param_space()  # structured choices travel through Tune as JSON strings
     assert space["lora.target_modules"].categories == ['["key", "value"]', '["query", "key", "value"]']
     values = search.decode({"lora.target_modules": '["query", "key", "value"]', "lora.r": 12, "optim.lr": 3e-3})
-    cfg = search.trial_config(values, ["name=trial-1"])
+    cfg = search.trial_config(values, {"name": "trial-1"})
     assert cfg.lora.target_modules == ["query", "key", "value"] and cfg.lora.r == 12 and cfg.optim.lr == 3e-3
     assert cfg.name == "trial-1" and cfg.engine.cpus_per_worker == 2
     from protpeft.tune.space import restore_search
 
     again = restore_search(search.to_dict())
-    assert again.trial_config(values, ["name=trial-1"]) == cfg
+    assert again.trial_config(values, {"name": "trial-1"}) == cfg
 
 
 def test_capacity_is_capped_by_the_cluster() -> None:
