@@ -8,7 +8,7 @@ sequence length, letters) and the model's task are checked by :func:`check_input
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,11 +18,13 @@ from protpeft.predict import clean_sequences
 __all__ = [
     "AddModelRequest",
     "BatchingReport",
+    "ErrorResponse",
     "Health",
     "Limits",
     "ModelsResponse",
     "PredictRequest",
     "PredictResponse",
+    "Problem",
     "ReloadResponse",
     "RequestError",
     "ServedModelInfo",
@@ -35,10 +37,11 @@ __all__ = [
 class RequestError(Exception):
     """A request the client can fix: ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Limits(BaseModel):
@@ -61,21 +64,36 @@ class Limits(BaseModel):
         return self
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """Absent means not given; ``null`` is not accepted, so the schema shows no ``default: null``."""
+    schema.pop("default", None)
+
+
 class PredictRequest(BaseModel):
-    """``{"pairs": [[seq_a, seq_b], ...]}`` for a PPI model, ``{"sequences": [seq, ...]}`` for a symmetry model."""
+    """``{"pairs": [[seq_a, seq_b], ...]}`` for a PPI model, ``{"sequences": [seq, ...]}`` for a symmetry model.
+
+    Exactly one of the two is given: the published schema says so with a ``oneOf`` of the two ``required`` sets (the
+    other key is then absent, as ``additionalProperties: false`` and non-nullable fields leave no third way), and the
+    validator below enforces the same rule.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            "oneOf": [{"required": ["pairs"]}, {"required": ["sequences"]}],
             "examples": [
                 {"pairs": [["MKTAYIAKQRQISFVKSHFSRQ", "MSEQNNTEMTFQIQRIYTKDIS"]]},
                 {"sequences": ["MKTAYIAKQRQISFVKSHFSRQ"]},
-            ]
+            ],
         },
     )
 
-    pairs: list[tuple[str, str]] | None = Field(None, min_length=1, description="Protein pairs (PPI models).")
-    sequences: list[str] | None = Field(None, min_length=1, description="Single chains (symmetry models).")
+    pairs: list[tuple[str, str]] = Field(  # type: ignore[assignment]  # None: not given (null is refused)
+        None, min_length=1, description="Protein pairs (PPI models).", json_schema_extra=_no_default
+    )
+    sequences: list[str] = Field(  # type: ignore[assignment]
+        None, min_length=1, description="Single chains (symmetry models).", json_schema_extra=_no_default
+    )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Probability at or above which a label is predicted.")
 
     @model_validator(mode="after")
@@ -171,6 +189,20 @@ class ReloadResponse(BaseModel):
     unchanged: list[str]
     errors: dict[str, str]
     """name → why its reference could not be re-resolved or loaded (the old version keeps serving)."""
+
+
+class Problem(BaseModel):
+    loc: list[str]
+    """Where in the request (``body``, ``pairs``, ``0`` …)."""
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of this API (4xx): what to change, and for malformed requests each problem found."""
+
+    detail: str
+    errors: list[Problem] | None = None
 
 
 class AddModelRequest(BaseModel):
