@@ -46,6 +46,8 @@ def test_ref_uri_is_what_mlflow_tools_accept() -> None:
         ("ppi@a@b", "expected NAME, NAME@ALIAS"),
         ("ppi/0", "version must be a positive number"),
         ("ppi/two", "version must be a positive number"),
+        ("ppi/²", "version must be a positive number"),
+        ("ppi/99999999999999999999", "version must be a positive number"),
         ("ppi/2/3", "not a model reference"),
         ("/no/such/dir", "not a model reference"),
         ("runs/a/b", "not a model reference"),
