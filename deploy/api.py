@@ -34,11 +34,12 @@ api = FastAPI(
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No model of that name is served."},
-    413: {"model": ErrorResponse, "description": "More items or longer sequences than this server accepts."},
-    422: {
+    409: {
         "model": ErrorResponse,
-        "description": "Malformed request, wrong input kind for the model's task, or letters not accepted.",
+        "description": "The model's task takes the other input (PPI: pairs, symmetry: sequences).",
     },  # fmt: skip
+    413: {"model": ErrorResponse, "description": "More items or longer sequences than this server accepts."},
+    422: {"model": ErrorResponse, "description": "Malformed request, or letters this server does not accept."},
 }
 INVALID: dict[int | str, dict[str, Any]] = {422: {"model": ErrorResponse, "description": "Malformed request."}}
 """In place of FastAPI's default 422 schema, which this API's error handler does not answer with."""

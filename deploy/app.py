@@ -54,6 +54,7 @@ from .schemas import (
     ServedModelInfo,
     VersionChange,
     check_inputs,
+    published_limits,
 )
 
 __all__ = ["APP_NAME", "MAX_LOADED_MODELS", "ModelServer", "ModelStore", "ServeSettings", "SharedBase", "build_app"]
@@ -260,8 +261,8 @@ class ModelServer:
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
         """The schema as this server runs: without the API token scheme when predictions are open."""
-        schema = request.app.openapi()
-        return JSONResponse(schema if self.settings.api_token else without_scheme(schema, API_SCHEME))
+        schema = without_scheme(request.app.openapi(), API_SCHEME if not self.settings.api_token else "")
+        return JSONResponse(published_limits(schema, self.settings.limits))
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self) -> HTMLResponse:

@@ -8,14 +8,18 @@ sequence length, letters) and the model's task are checked by :func:`check_input
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from protpeft.data.alphabet import ESM_LETTERS
 from protpeft.predict import clean_sequences
 
 __all__ = [
+    "SEQUENCE_PATTERN",
+    "letters_pattern",
+    "published_limits",
     "AddModelRequest",
     "BatchingReport",
     "ErrorResponse",
@@ -64,6 +68,32 @@ class Limits(BaseModel):
         return self
 
 
+def letters_pattern(letters: str) -> str:
+    """The JSON-schema pattern of a sequence of ``letters`` (either case; no whitespace, no ``*``)."""
+    return f"^[{letters}{letters.lower()}]+$"
+
+
+def _check_letters(seq: str) -> str:
+    """Enforces exactly the published pattern, with a message that names the first refused character."""
+    if not re.fullmatch(SEQUENCE_PATTERN, seq):
+        if not seq:
+            raise ValueError("empty sequence")
+        bad = next((i, c) for i, c in enumerate(seq, 1) if c.upper() not in ESM_LETTERS or not c.isascii())
+        raise ValueError(f"{bad[1]!r} at position {bad[0]} is not an amino-acid letter (accepted: {ESM_LETTERS}, "
+                         "either case, no whitespace)")  # fmt: skip
+    return seq
+
+
+SEQUENCE_PATTERN = letters_pattern(ESM_LETTERS)
+Sequence = Annotated[
+    str,
+    AfterValidator(_check_letters),
+    WithJsonSchema({"type": "string", "pattern": SEQUENCE_PATTERN, "description": "Amino-acid letters."}),
+]
+"""A protein sequence as the API takes it; the server's ``--letters`` and ``--max-length`` narrow it further (its
+``/openapi.json`` shows them)."""
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     """Absent means not given; ``null`` is not accepted, so the schema shows no ``default: null``."""
     schema.pop("default", None)
@@ -88,13 +118,15 @@ class PredictRequest(BaseModel):
         },
     )
 
-    pairs: list[tuple[str, str]] = Field(  # type: ignore[assignment]  # None: not given (null is refused)
+    pairs: list[tuple[Sequence, Sequence]] = Field(  # type: ignore[assignment]  # None: not given (null is refused)
         None, min_length=1, description="Protein pairs (PPI models).", json_schema_extra=_no_default
     )
-    sequences: list[str] = Field(  # type: ignore[assignment]
+    sequences: list[Sequence] = Field(  # type: ignore[assignment]
         None, min_length=1, description="Single chains (symmetry models).", json_schema_extra=_no_default
     )
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Probability at or above which a label is predicted.")
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, strict=True, description="Probability at or above which a label is predicted."
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictRequest:
@@ -220,21 +252,21 @@ def check_inputs(request: PredictRequest, task: str, limits: Limits) -> list[tup
     """The request's examples, cleaned (whitespace removed, upper-cased), as tuples of member sequences.
 
     Raises:
-        RequestError: 422 for the wrong input kind for ``task`` or letters that are not accepted, 413 for more items
-            or longer sequences than ``limits`` allow.
+        RequestError: 409 for the wrong input kind for ``task``, 422 for letters that are not accepted, 413 for
+            more items or longer sequences than ``limits`` allow.
     """
     given = request.pairs if request.pairs is not None else request.sequences
     if len(given) > limits.max_items:
         raise RequestError(413, f"{len(given)} items in one request; this server accepts at most "
                                 f"{limits.max_items}: split the request")  # fmt: skip
-    if task == "ppi":
+    if task == "ppi":  # the wrong kind for the model answers 409: the schema cannot know a model's task
         if request.pairs is None:
-            raise RequestError(422, 'this is a PPI model: send {"pairs": [[seq_a, seq_b], ...]}, not "sequences"')
+            raise RequestError(409, 'this is a PPI model: send {"pairs": [[seq_a, seq_b], ...]}, not "sequences"')
         columns = [clean_or_422([p[m] for p in request.pairs], "pair") for m in range(2)]
         examples = list(zip(*columns, strict=True))
     else:
         if request.sequences is None:
-            raise RequestError(422, f'this is a {task} model: send {{"sequences": [seq, ...]}}, not "pairs"')
+            raise RequestError(409, f'this is a {task} model: send {{"sequences": [seq, ...]}}, not "pairs"')
         examples = [(s,) for s in clean_or_422(request.sequences, "sequence")]
     for i, example in enumerate(examples):
         for seq in example:
@@ -254,3 +286,15 @@ def clean_or_422(sequences: list[str], what: str) -> list[str]:
         return clean_sequences(sequences, what)
     except ValueError as err:
         raise RequestError(422, str(err)) from None
+
+
+def published_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """``schema`` (an OpenAPI document, changed in place) with this server's limits on ``PredictRequest``: items per
+    request, residues and letters per sequence, as :func:`check_inputs` enforces them."""
+    request = schema["components"]["schemas"]["PredictRequest"]["properties"]
+    sequence = {"type": "string", "pattern": letters_pattern(limits.letters), "maxLength": limits.max_length,
+                "description": "Amino-acid letters, either case."}  # fmt: skip
+    request["pairs"]["maxItems"] = request["sequences"]["maxItems"] = limits.max_items
+    request["pairs"]["items"]["prefixItems"] = [sequence, sequence]
+    request["sequences"]["items"] = sequence
+    return schema

@@ -182,10 +182,13 @@ BAD_REQUESTS = [
     ("no-such-model", {"pairs": [["MKT", "MKV"]]}, 404, ["no-such-model", "ppi-a"]),
     ("ppi-a", b"", 422, ["empty request body"]),
     ("ppi-a", b"{not json", 422, ["not valid JSON"]),
-    ("ppi-a", {"sequences": ["MKTAYIAKQR"]}, 422, ["PPI model", "pairs"]),
-    ("sym", {"pairs": [["MKT", "MKV"]]}, 422, ["symmetry model", "sequences"]),
+    ("ppi-a", {"sequences": ["MKTAYIAKQR"]}, 409, ["PPI model", "pairs"]),
+    ("sym", {"pairs": [["MKT", "MKV"]]}, 409, ["symmetry model", "sequences"]),
     ("ppi-a", {"pairs": [["MKT", "MKV", "MKW"]]}, 422, ["pairs.0"]),
     ("ppi-a", {"pairs": [["MKTJAYI", "MKV"]]}, 422, ["'J'", "position 4"]),
+    ("ppi-a", {"pairs": [["MKT AYI", "MKV"]]}, 422, ["' '", "position 4"]),
+    ("ppi-a", {"pairs": [["", "MKV"]]}, 422, ["empty sequence"]),
+    ("ppi-a", {"pairs": [["MKT", "MKV"]], "threshold": False}, 422, ["threshold"]),
     ("ppi-a", {"pairs": [["MKT", "M" * (MAX_LENGTH + 1)]]}, 413, [str(MAX_LENGTH + 1), str(MAX_LENGTH)]),
     ("ppi-a", {"pairs": [["MKT", "MKV"]] * (MAX_ITEMS + 1)}, 413, [str(MAX_ITEMS + 1), "split"]),
     ("ppi-a", {"pairs": []}, 422, ["at least 1"]),
@@ -310,15 +313,19 @@ def test_metrics_count_requests_errors_latency_batches_and_adapters(server):
     assert metric(after, "protpeft_loaded_adapters") == 3 and metric(after, "protpeft_loaded_models") == len(SERVED)
 
 
-def test_the_api_conforms_to_its_own_openapi_schema(server):
+def test_the_api_conforms_to_its_own_openapi_schema(server, tmp_path):
     """schemathesis, every check, against /openapi.json on loopback: no failure of any kind, server healthy after."""
     url, process, log_path = server
     st = str(Path(sys.executable).with_name("schemathesis"))
-    proc = subprocess.run([st, "run", f"{url}/openapi.json", "--checks", "all",
+    # 413 (over this server's published maxItems/maxLength) is a documented rejection of schema-violating data too.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[checks.negative_data_rejection]\n'
+                      'expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "422"]\n')  # fmt: skip
+    proc = subprocess.run([st, "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all",
                            "--mode", "all", "--max-examples", "15", "--seed", "14", "--workers", "2", "--no-shrink",
                            "--request-timeout", "30", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
                            "--phases", "examples,coverage,fuzzing,stateful"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     assert process.poll() is None, log_path.read_text()[-4000:]
     assert request(f"{url}/healthz") == (200, {"status": "ok", "models": sorted(SERVED)})

@@ -24,6 +24,13 @@ BODIES = [
     {"pairs": []},
     {"pairs": [["MKT"]]},
     {"sequences": ["MKT"], "extra": 1},
+    {"sequences": ["mkt"]},
+    {"sequences": ["MK T"]},
+    {"sequences": [""]},
+    {"sequences": ["MKJ"]},
+    {"sequences": ["MKı"]},
+    {"sequences": ["MKT"], "threshold": False},
+    {"sequences": ["MKT"], "threshold": 1},
 ]
 
 
@@ -36,6 +43,20 @@ def test_the_published_schema_accepts_exactly_what_the_server_accepts(body: dict
     except ValidationError:
         accepted = False
     assert jsonschema.Draft202012Validator(schema).is_valid(body) == accepted
+
+
+def test_published_limits_narrow_the_request_schema() -> None:
+    from protpeft.deploy.app import api
+    from protpeft.deploy.schemas import Limits, published_limits
+
+    schema = published_limits(api.openapi(), Limits(max_items=3, max_length=5, letters="ACD"))
+    request = schema["components"]["schemas"]["PredictRequest"]
+    request = {**request, "components": schema["components"]}
+    validator = jsonschema.Draft202012Validator(request)
+    assert validator.is_valid({"sequences": ["ACDac"] * 3})
+    assert not validator.is_valid({"sequences": ["ACDac"] * 4})
+    assert not validator.is_valid({"sequences": ["ACDacD"]})
+    assert not validator.is_valid({"pairs": [["ACD", "ACE"]]})
 
 
 def bearer(token: str) -> HTTPAuthorizationCredentials:
