@@ -318,11 +318,13 @@ def test_the_api_conforms_to_its_own_openapi_schema(server, tmp_path):
     url, process, log_path = server
     st = str(Path(sys.executable).with_name("schemathesis"))
     # 413 (over this server's published maxItems/maxLength) is a documented rejection of schema-violating data too.
+    # One worker: CPython 3.11 < 3.11.8 can raise "AST constructor recursion depth mismatch" when hypothesis parses
+    # lambdas on two threads at once (python/cpython#106905), an error of the fuzzer, not of the server.
     config = tmp_path / "schemathesis.toml"
     config.write_text('[checks.negative_data_rejection]\n'
                       'expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "422"]\n')  # fmt: skip
     proc = subprocess.run([st, "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all",
-                           "--mode", "all", "--max-examples", "15", "--seed", "14", "--workers", "2", "--no-shrink",
+                           "--mode", "all", "--max-examples", "15", "--seed", "14", "--workers", "1", "--no-shrink",
                            "--request-timeout", "30", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
                            "--phases", "examples,coverage,fuzzing,stateful"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
