@@ -1,21 +1,24 @@
-"""Load test of ``protpeft serve``: requests/s and latency from a second process on loopback, and the replica's
-memory with 1 vs 8 adapters of one base model loaded.
+"""Load test of ``protpeft serve`` against its peer, ``mlflow models serve``, on the same registered version.
 
 Setup (in a temporary directory, with its own MLflow store): a random-weight ESM-2 of a real architecture, one LoRA
 run of a few steps on synthetic pairs, and 7 variants of it (its adapter and head weights perturbed), registered as
-``bench-0`` … ``bench-7`` with alias ``live``. Then:
+``bench-0`` … ``bench-7`` with alias ``live``. Then, one server at a time, alternating for ``--rounds`` rounds:
 
-1. ``protpeft serve bench-0@live`` starts as a subprocess (local Ray, one replica with 1 CPU);
-2. ``--clients`` threads of this process send ``POST /v1/models/bench-0/predict`` (``--pairs`` pairs each, one
-   keep-alive connection per client) for ``--seconds``; errors are counted, latencies kept;
-3. the 7 other versions are added at run time (``POST /admin/models``) and the load test repeats, each request
-   going to one of the 8 models in turn;
-4. after each phase the deployment's own report (``GET /v1/models``) gives the replica's RSS and its parameter bytes.
+1. ``protpeft serve bench-0@live`` (its defaults) starts as a subprocess; ``--clients`` threads of this process send
+   ``POST /v1/models/bench-0/predict`` (``--pairs`` pairs each, one keep-alive connection per client) for
+   ``--seconds``; then the 7 other versions are added at run time (``POST /admin/models``) and the load repeats,
+   each request going to one of the 8 models in turn;
+2. ``mlflow models serve -m models:/bench-0@live --env-manager local`` (its defaults) gets the same payloads and load
+   on ``POST /invocations``.
 
-    .venv/bin/python -m benchmarks.bench_serve [--seconds 20] [--clients 8] [--pairs 1] [--preset esm2_t6_8M_UR50D]
+Each phase reports req/s, p50, p99, errors, the time from start to the first healthy answer, and the RSS of the
+server's whole process tree (for protpeft: Ray's processes and the replica). Results: benchmarks/results/serve.json
+and .md.
 
-On 2 shared CPU cores the 8M model is compute-bound (~25 GFLOP per batch of 8 pairs); ``--preset tiny`` shows the
-serving overhead (HTTP, batching, adapter switching) instead.
+    .venv/bin/python -m benchmarks.bench_serve [--seconds 12] [--rounds 2] [--clients 8] [--pairs 1]
+
+On shared CPU cores absolute numbers are noisy; the ratios within one run are what counts. ``--preset tiny`` shows
+the serving overhead (HTTP, batching, adapter switching) instead of the model's compute.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import random_esm2, write_results
+from benchmarks.common import RESULTS, random_esm2, write_results
 
 ADAPTERS = 8
 DEFAULT_PRESET = "esm2_t6_8M_UR50D"
@@ -82,31 +85,84 @@ def make_runs(work: Path, preset: str) -> tuple[list[Path], list[tuple[str, str]
     return runs, pairs
 
 
+ADMIN_TOKEN = "bench-admin-token"
+PROTPEFT_HEADERS = {"Content-Type": "application/json"}
+ADMIN_HEADERS = {**PROTPEFT_HEADERS, "Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as response:
         return json.loads(response.read())
 
 
-def post_json(url: str, payload: dict) -> tuple[int, Any]:
-    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+def post_json(url: str, payload: dict, headers: dict[str, str] = PROTPEFT_HEADERS) -> tuple[int, Any]:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), headers)
     with urllib.request.urlopen(req, timeout=120) as response:
         return response.status, json.loads(response.read())
 
 
-def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+class Server:
+    """A server under test: its command, where it is healthy, and how a request looks."""
+
+    def __init__(self, label: str, command: list[str], health: str, port: int) -> None:
+        self.label, self.command, self.health, self.port = label, command, health, port
+
+    def path(self, model: str) -> str:
+        return f"/v1/models/{model}/predict" if self.label == "protpeft" else "/invocations"
+
+    def body(self, pairs: list[tuple[str, str]]) -> str:
+        if self.label == "protpeft":
+            return json.dumps({"pairs": [list(p) for p in pairs]})
+        return json.dumps({"dataframe_split": {"columns": ["seq_a", "seq_b"], "data": [list(p) for p in pairs]}})
+
+    def answers(self, payload: bytes) -> int:
+        body = json.loads(payload)
+        return len(body["probabilities"] if self.label == "protpeft" else body["predictions"])
+
+
+def start(server: Server, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, float]:
+    """The running server and the seconds it took to answer its health check."""
+    with log.open("ab") as fh:
+        process = subprocess.Popen(server.command, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    started = time.perf_counter()
+    deadline = started + 600
+    while time.perf_counter() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"protpeft serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            raise SystemExit(f"{server.label} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            get_json(f"{url}/healthz")
-            return
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}{server.health}", timeout=5).read()
+            return process, time.perf_counter() - started
         except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"protpeft serve not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.25)
+    stop(process)
+    raise SystemExit(f"{server.label} not ready after 600 s:\n{log.read_text()[-4000:]}")
 
 
-def load_test(port: int, models: list[str], pairs: list, per_request: int, clients: int, seconds: float) -> dict:
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def tree_rss_mb(process: subprocess.Popen) -> float:
+    """Resident memory of the server and every process it started (Ray's GCS, raylet, replicas …)."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def load_test(server: Server, models: list[str], pairs: list, per_request: int, clients: int, seconds: float) -> dict:
     """``clients`` threads, each with one keep-alive connection, posting for ``seconds``; latency percentiles."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -115,23 +171,23 @@ def load_test(port: int, models: list[str], pairs: list, per_request: int, clien
 
     def client(index: int) -> None:
         rng = random.Random(index)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         n = index
         while time.perf_counter() < stop_at:
             model = models[n % len(models)]
             n += 1
-            body = json.dumps({"pairs": [list(rng.choice(pairs)) for _ in range(per_request)]})
+            body = server.body([rng.choice(pairs) for _ in range(per_request)])
             started = time.perf_counter()
             try:
-                conn.request("POST", f"/v1/models/{model}/predict", body, {"Content-Type": "application/json"})
+                conn.request("POST", server.path(model), body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 payload = response.read()
-                ok = response.status == 200 and len(json.loads(payload)["probabilities"]) == per_request
+                ok = response.status == 200 and server.answers(payload) == per_request
                 problem = None if ok else f"{response.status}: {payload[:200]!r}"
             except (OSError, http.client.HTTPException) as err:
                 problem = repr(err)
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
             elapsed = time.perf_counter() - started
             with lock:
                 if problem is None:
@@ -149,9 +205,7 @@ def load_test(port: int, models: list[str], pairs: list, per_request: int, clien
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {
-        "requests": len(latencies),
         "requests_per_s": len(latencies) / wall,
-        "pairs_per_s": len(latencies) * per_request / wall,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
         "errors": len(errors),
@@ -159,33 +213,47 @@ def load_test(port: int, models: list[str], pairs: list, per_request: int, clien
     }
 
 
-def phase(url: str, port: int, models: list[str], pairs: list, args: argparse.Namespace) -> dict:
-    """One load phase, with the mean batch the replica formed during it and its memory afterwards."""
-    before = get_json(f"{url}/v1/models")["batching"]
-    row = {"adapters": len(models), **load_test(port, models, pairs, args.pairs, args.clients, args.seconds)}
-    after = get_json(f"{url}/v1/models")["batching"]
-    requests = after["requests"] - before["requests"]
-    row["requests_per_batch"] = requests / max(1, after["batches"] - before["batches"])  # @serve.batch
-    row["requests_per_pass"] = requests / max(1, after["model_passes"] - before["model_passes"])  # model thread
-    return row | memory_row(url)
+def run_protpeft(server: Server, names: list[str], pairs: list, args: argparse.Namespace, env: dict, log: Path,
+                 round_: int) -> list[dict]:  # fmt: skip
+    """Two phases on one protpeft server: bench-0 alone, then all 8 versions (added at run time)."""
+    process, ready_s = start(server, env, log)
+    rows = []
+    try:
+        load_test(server, names[:1], pairs, args.pairs, args.clients, 2)  # warm-up
+        rows.append(phase(server, process, ready_s, names[:1], pairs, args, round_))
+        url = f"http://127.0.0.1:{server.port}"
+        for name in names[1:]:
+            assert post_json(f"{url}/admin/models", {"ref": f"{name}@live"}, ADMIN_HEADERS)[0] == 201
+        load_test(server, names, pairs, args.pairs, args.clients, 2)
+        rows.append(phase(server, process, ready_s, names, pairs, args, round_))
+        with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+            RESULTS.mkdir(parents=True, exist_ok=True)  # what /metrics showed after the load (not committed)
+            (RESULTS / "serve_metrics.txt").write_bytes(response.read())
+    finally:
+        stop(process)
+    return rows
 
 
-def memory_row(url: str) -> dict:
-    storage = get_json(f"{url}/v1/models")["storage"]
-    params = storage["base_bytes"] + storage["adapter_bytes"] + storage["head_bytes"] + storage["own_backbone_bytes"]
-    return {
-        "rss_mb": storage["rss_bytes"] / 2**20,
-        "param_mb": params / 2**20,
-        "base_copies": storage["base_copies"],
-        "base_mb": storage["base_bytes"] / 2**20,
-        "adapters_mb": storage["adapter_bytes"] / 2**20,
-        "base_mb_if_separate": storage["base_bytes_if_separate"] / 2**20,
-    }
+def run_peer(server: Server, pairs: list, args: argparse.Namespace, env: dict, log: Path, round_: int) -> dict:
+    process, ready_s = start(server, env, log)
+    try:
+        load_test(server, ["bench-0"], pairs, args.pairs, args.clients, 2)  # warm-up
+        return phase(server, process, ready_s, ["bench-0"], pairs, args, round_)
+    finally:
+        stop(process)
+
+
+def phase(server: Server, process: subprocess.Popen, ready_s: float, models: list[str], pairs: list,
+          args: argparse.Namespace, round_: int) -> dict:  # fmt: skip
+    result = load_test(server, models, pairs, args.pairs, args.clients, args.seconds)
+    return {"server": server.label, "round": round_, "adapters": len(models), **result, "ready_s": ready_s,
+            "rss_mb": tree_rss_mb(process)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20, help="duration of each load phase")
+    parser.add_argument("--seconds", type=float, default=12, help="duration of each load phase")
+    parser.add_argument("--rounds", type=int, default=2, help="protpeft / peer alternations")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--pairs", type=int, default=1, help="pairs per request")
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="random ESM-2 architecture, or 'tiny' (results go to "
@@ -203,45 +271,42 @@ def main() -> None:
         register_run(run, f"bench-{i}", alias="live")
     names = [f"bench-{i}" for i in range(ADAPTERS)]
 
-    url = f"http://127.0.0.1:{args.port}"
-    log = work / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with log.open("wb") as fh:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("protpeft")), "serve", "bench-0@live", "--port",
-                                   str(args.port)], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
-    rows = []
-    try:
-        started = time.perf_counter()
-        wait_ready(url, server, log)
-        ready_s = time.perf_counter() - started
-        load_test(args.port, names[:1], pairs, args.pairs, args.clients, 2)  # warm-up
-        rows.append(phase(url, args.port, names[:1], pairs, args))
-        for name in names[1:]:
-            status, _ = post_json(f"{url}/admin/models", {"ref": f"{name}@live"})
-            assert status == 201
-        load_test(args.port, names, pairs, args.pairs, args.clients, 2)
-        rows.append(phase(url, args.port, names, pairs, args))
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-    one, eight = rows
-    first_errors = {f"first error, {row['adapters']} adapter(s)": row.pop("first_error") for row in rows}
+    from protpeft.registry import tracking_uri
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"MLFLOW_TRACKING_URI": tracking_uri()}
+    python = str(Path(sys.executable))
+    protpeft = Server("protpeft", [str(Path(python).with_name("protpeft")), "serve", "bench-0@live", "--port",
+                                   str(args.port), "--admin-token", ADMIN_TOKEN], "/healthz", args.port)  # fmt: skip
+    peer = Server("mlflow models serve", [python, "-m", "mlflow", "models", "serve", "-m", "models:/bench-0@live",
+                                          "--env-manager", "local", "--host", "127.0.0.1", "--port",
+                                          str(args.port + 1)], "/ping", args.port + 1)  # fmt: skip
+    log = work / "servers.log"
+    rows: list[dict] = []
+    for round_ in range(1, args.rounds + 1):  # alternating, one server at a time
+        rows += run_protpeft(protpeft, names, pairs, args, env, log, round_)
+        rows.append(run_peer(peer, pairs, args, env, log, round_))
+    errors = {f"first error, {r['server']} round {r['round']} ({r['adapters']} adapters)": r.pop("first_error")
+              for r in rows}  # fmt: skip
+    ratios = {}
+    for round_ in range(1, args.rounds + 1):
+        ours = next(r for r in rows if r["round"] == round_ and r["server"] == "protpeft" and r["adapters"] == 1)
+        eight = next(r for r in rows if r["round"] == round_ and r["server"] == "protpeft" and r["adapters"] == 8)
+        theirs = next(r for r in rows if r["round"] == round_ and r["server"] != "protpeft")
+        ratios[f"round {round_}: protpeft / peer req/s (1 adapter, 8 adapters)"] = (
+            f"{ours['requests_per_s'] / theirs['requests_per_s']:.2f}x, "
+            f"{eight['requests_per_s'] / theirs['requests_per_s']:.2f}x"
+        )
+        ratios[f"round {round_}: p99 protpeft / peer"] = f"{ours['p99_ms'] / theirs['p99_ms']:.2f}"
     notes = {
         "model": f"{args.preset} (random weights), LoRA r8 on key+value, {ADAPTERS} versions registered",
-        "load": f"{args.clients} client threads in a second process, {args.pairs} pair(s)/request, "
-        f"{args.seconds:.0f} s per phase, loopback; the 8-adapter phase rotates requests over the 8 models",
-        "server": "protpeft serve: local Ray, one replica with 1 CPU (1 torch thread), @serve.batch max 8; "
-        "requests_per_batch: per @serve.batch call, requests_per_pass: per model-thread pass (batches merged)",
-        "RSS ratio 8 / 1 adapters": eight["rss_mb"] / one["rss_mb"],
-        "parameter bytes ratio 8 / 1 adapters": eight["param_mb"] / one["param_mb"],
-        "parameter bytes ratio if each version loaded its own base": eight["base_mb_if_separate"] / one["param_mb"],
-        "server ready after (s)": ready_s,
+        "load": f"{args.clients} client threads in a second process, {args.pairs} pair(s)/request of synthetic "
+        f"proteins, {args.seconds:.0f} s per phase after a 2 s warm-up, loopback; the 8-adapter phase rotates "
+        "requests over the 8 models",
+        "servers": "each with its defaults, one at a time, alternating: `protpeft serve bench-0@live` and `mlflow "
+        "models serve -m models:/bench-0@live --env-manager local`; rss_mb: the server's whole process tree",
+        **ratios,
         "machine": f"{os.cpu_count()} cores shared with the client threads (and whatever else runs)",
-        **{k: v for k, v in first_errors.items() if v},
+        **{k: v for k, v in errors.items() if v},
     }
     write_results("serve" if args.preset == DEFAULT_PRESET else f"serve_{args.preset}", rows, notes)
     shutil.rmtree(work, ignore_errors=True)

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
 from protpeft.artifact import ArtifactError
@@ -37,10 +37,14 @@ from protpeft.errors import ProtpeftError
 from protpeft.modes import MODES
 from protpeft.registry import ModelRef, ModelVersionInfo, RegistryError, get_version, parse_ref, pull
 
+from .api import BODY_ERRORS, ERRORS, INVALID, api, use_metrics
+from .auth import API_SCHEME, AUTH_ERRORS, AdminCredentials, ApiCredentials, check_token, without_scheme
+from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .model_store import ModelReleased, ModelStore, PredictionJob, ServedModel, SharedBase
 from .schemas import (
     AddModelRequest,
     BatchingReport,
+    ErrorResponse,
     Health,
     Limits,
     ModelsResponse,
@@ -51,6 +55,7 @@ from .schemas import (
     ServedModelInfo,
     VersionChange,
     check_inputs,
+    published_limits,
 )
 
 __all__ = ["APP_NAME", "MAX_LOADED_MODELS", "ModelServer", "ModelStore", "ServeSettings", "SharedBase", "build_app"]
@@ -82,48 +87,14 @@ class ServeSettings:
     batch_wait_s: float = 0.005
     predict_batch_size: int = 16
     """Examples per forward pass."""
+    forward_threads: int = 1
+    """Forward passes of one model pass run concurrently on this many threads (torch's threads are shared out)."""
+    admin_token: str | None = None
+    """Bearer token ``/admin/*`` requires (always set by :func:`~protpeft.deploy.serve.serve_models`)."""
+    api_token: str | None = None
+    """Bearer token the prediction and model-listing endpoints require; None: they are open."""
     pass_examples: int = 64
     """Examples the model thread takes per pass over the waiting requests (a larger request goes alone)."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# HTTP API
-
-
-api = FastAPI(
-    title="protpeft",
-    summary="Protein-pair interaction and symmetry predictions from registered protpeft models.",
-    description='`POST /v1/models/{name}/predict` with `{"pairs": [[seq_a, seq_b], ...]}` (PPI models) or '
-    '`{"sequences": [...]}` (symmetry models). Limits of this server are listed by `GET /v1/models`.',
-)
-
-
-@api.exception_handler(RequestError)
-async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse(status_code=err.status, content={"detail": err.message})
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-    errors = err.errors()
-    if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") == "missing" for e in errors):
-        detail = 'empty request body: send JSON {"pairs": [[seq_a, seq_b], ...]} or {"sequences": [seq, ...]}'
-    elif any(e.get("type") == "json_invalid" for e in errors):
-        detail = "the body is not valid JSON"
-    else:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors
-        )
-    problems = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
-                for e in errors]  # fmt: skip
-    return JSONResponse(status_code=422, content={"detail": f"invalid request: {detail}", "errors": problems})
-
-
-ERRORS = {
-    404: {"description": "No model of that name is served."},
-    413: {"description": "More items or longer sequences than this server accepts."},
-    422: {"description": "Malformed request, wrong input kind for the model's task, or letters not accepted."},
-}
 
 
 @dataclass
@@ -154,7 +125,9 @@ class ModelServer:
 
     async def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.base, settings.workdir)
+        self.store = ModelStore(settings.base, settings.workdir, settings.forward_threads)
+        self.metrics = ServeMetrics(lambda: len(self.store.models), self.store.adapter_count)
+        use_metrics(self.metrics)
         self.routes: dict[str, Route] = {}
         self._serial = itertools.count(1)
         self._routes_lock = asyncio.Lock()
@@ -244,6 +217,7 @@ class ModelServer:
         all let through at once, and the model thread merges whatever waits for it (:meth:`ModelStore.predict_later`).
         """
         self._batches = [self._batches[0] + 1, self._batches[1] + len(items), max(self._batches[2], len(items))]
+        self.metrics.batch_requests.observe(len(items))
         results: list[Any] = [None] * len(items)
         todo = list(range(len(items)))
         for attempt in range(2):  # a version a reload released meanwhile: once more with the current one
@@ -279,9 +253,26 @@ class ModelServer:
     async def healthz(self) -> Health:
         return Health(status="ok", models=sorted(self.routes))
 
-    @api.get("/v1/models", response_model=ModelsResponse)
-    async def list_models(self) -> ModelsResponse:
+    @api.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+             "description": "Prometheus text exposition format."}})  # fmt: skip
+    async def prometheus_metrics(self) -> Response:
+        """Requests, errors by status, latency, batching and loaded models of this replica (Prometheus text)."""
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        """The schema as this server runs: without the API token scheme when predictions are open."""
+        schema = without_scheme(request.app.openapi(), API_SCHEME if not self.settings.api_token else "")
+        return JSONResponse(published_limits(schema, self.settings.limits))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="protpeft API")
+
+    @api.get("/v1/models", response_model=ModelsResponse, responses=AUTH_ERRORS)
+    async def list_models(self, token: ApiCredentials) -> ModelsResponse:
         """What is served (version, base model, metrics) and the replica's parameter storage."""
+        check_token(token, self.settings.api_token, "the /v1 endpoints")
         models = [self._describe(name) for name in sorted(self.routes)]
         storage = await self.store.call(self.store.storage)
         batches, requests, largest = self._batches
@@ -293,35 +284,47 @@ class ModelServer:
         )  # fmt: skip
         return ModelsResponse(models=models, storage=storage, batching=batching, limits=self.settings.limits)
 
-    @api.get("/v1/models/{name}", response_model=ServedModelInfo, responses={404: ERRORS[404]})
-    async def show_model(self, name: str) -> ServedModelInfo:
+    @api.get("/v1/models/{name}", response_model=ServedModelInfo,
+             responses={404: ERRORS[404], **INVALID, **AUTH_ERRORS})  # fmt: skip
+    async def show_model(self, name: str, token: ApiCredentials) -> ServedModelInfo:
+        check_token(token, self.settings.api_token, "the /v1 endpoints")
         if name not in self.routes:
             raise self._not_served(name)
         return self._describe(name)
 
-    @api.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(self, name: str, request: PredictRequest) -> PredictResponse:
+    @api.post("/v1/models/{name}/predict", response_model=PredictResponse,
+              responses={**ERRORS, **BODY_ERRORS, **AUTH_ERRORS})  # fmt: skip
+    async def predict(self, name: str, request: PredictRequest, token: ApiCredentials) -> PredictResponse:
         """Probabilities and labels for protein pairs (PPI models) or sequences (symmetry models)."""
+        check_token(token, self.settings.api_token, "the /v1 endpoints")
         model = await self._model(name)
         examples = check_inputs(request, model.task, self.settings.limits)
         result = await self.predict_batch(BatchItem(name, model, examples))
         if isinstance(result, Exception):
             raise result
         probs, used = result
+        self.metrics.predicted.labels(name).inc(len(examples))
         return PredictResponse(
             model=name, version=used.info.version, ref=str(used_ref(self.routes.get(name), used)), task=used.task,
             label_names=list(used.label_names), probabilities=probs.tolist(),
             labels=used.labels(probs, request.threshold),
         )  # fmt: skip
 
-    @api.post("/admin/reload", response_model=ReloadResponse)
-    async def admin_reload(self) -> ReloadResponse:
+    @api.post("/admin/reload", response_model=ReloadResponse, responses=AUTH_ERRORS)
+    async def admin_reload(self, token: AdminCredentials) -> ReloadResponse:
         """Re-resolve every served ``NAME@alias`` against the registry and swap in versions that moved."""
+        check_token(token, self.settings.admin_token, "/admin endpoints")
         return await self.reload()
 
-    @api.post("/admin/models", response_model=ServedModelInfo, status_code=201)
-    async def admin_add(self, request: AddModelRequest) -> ServedModelInfo:
+    @api.post("/admin/models", response_model=ServedModelInfo, status_code=201, responses={
+        **BODY_ERRORS, **AUTH_ERRORS,
+        404: {"model": ErrorResponse, "description": "The reference names no registered version."},
+        409: {"model": ErrorResponse, "description": "A model of that name is already served."},
+        422: {"model": ErrorResponse, "description": "Malformed request, or the version's artefact is unusable."},
+    })  # fmt: skip
+    async def admin_add(self, request: AddModelRequest, token: AdminCredentials) -> ServedModelInfo:
         """Serve one more registered model (its base is shared when already loaded)."""
+        check_token(token, self.settings.admin_token, "/admin endpoints")
         try:
             ref = parse_ref(request.ref)
             async with self._routes_lock:
@@ -334,9 +337,10 @@ class ModelServer:
             raise RequestError(422, str(err)) from None
         return self._describe(ref.name)
 
-    @api.delete("/admin/models/{name}", status_code=204, responses={404: ERRORS[404]})
-    async def admin_remove(self, name: str) -> None:
+    @api.delete("/admin/models/{name}", status_code=204, responses={404: ERRORS[404], **INVALID, **AUTH_ERRORS})
+    async def admin_remove(self, name: str, token: AdminCredentials) -> Response:
         """Stop serving ``name`` and free its adapter (and its base when nothing else uses it)."""
+        check_token(token, self.settings.admin_token, "/admin endpoints")
         async with self._routes_lock:
             route = self.routes.pop(name, None)
             if route is None:
@@ -344,6 +348,7 @@ class ModelServer:
             model = self.store.models.get(route.model_id)
             if model is not None:
                 await self.store.call(self.store.release, model)
+        return Response(status_code=204)
 
     def _describe(self, name: str) -> ServedModelInfo:
         route = self.routes[name]

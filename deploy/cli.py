@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from .serve import DEFAULT_FORWARD_BATCH
+
 __all__ = ["register"]
 
 
@@ -41,8 +43,50 @@ def serve_command(
         str | None,
         typer.Option(help="Accepted residue letters, e.g. ACDEFGHIKLMNPQRSTVWY (default: ESM-2's alphabet)."),
     ] = None,
-    num_cpus: Annotated[float, typer.Option(help="CPUs of the replica (torch threads).", min=0.1)] = 1.0,
-    max_batch_size: Annotated[int, typer.Option(help="Requests batched into one model call.", min=1)] = 8,
+    num_cpus: Annotated[
+        float | None,
+        typer.Option(
+            help="CPUs of the replica, which torch's threads use (default: all CPUs of the largest node).", min=0.1
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Requests (not examples) one @serve.batch call collects before handing them to the model "
+            "thread, which merges whatever batches wait for it.",
+            min=1,
+        ),
+    ] = 8,
+    forward_batch: Annotated[
+        int,
+        typer.Option(
+            help="Examples (pairs or sequences) per forward pass of the model. Small is fastest on CPU "
+            "(less padding); raise it on an accelerator.",
+            min=1,
+        ),
+    ] = DEFAULT_FORWARD_BATCH,
+    forward_threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Forward passes run concurrently, sharing the replica's CPUs (default: one per CPU).", min=1
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROTPEFT_ADMIN_TOKEN",
+            show_envvar=True,
+            help="Bearer token /admin/* requires (default: a random one, printed once at start).",
+        ),
+    ] = None,
+    api_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROTPEFT_API_TOKEN",
+            show_envvar=True,
+            help="Bearer token the /v1 endpoints require (default: they are open).",
+        ),
+    ] = None,
 ) -> None:
     """Serve registered models over HTTP until Ctrl-C: POST /v1/models/NAME/predict, GET /v1/models, /docs.
 
@@ -65,11 +109,18 @@ def serve_command(
         for m in info.models:
             console.print(f"serving {m['ref']} (version {m['version']}, {m['mode']}) at "
                           f"{info.url}/v1/models/{m['name']}/predict", highlight=False)  # fmt: skip
+        if info.generated_admin_token:
+            console.print(f"admin token (for /admin/*; shown once, set --admin-token or PROTPEFT_ADMIN_TOKEN to "
+                          f"choose it): {info.generated_admin_token}", highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(f"replica: {info.num_cpus:g} CPUs, {info.forward_threads} forward threads of "
+                      f"{info.forward_batch} example(s); metrics: {info.url}/metrics", highlight=False)  # fmt: skip
         console.print(f"ready: {info.url} (models: {info.url}/v1/models, API docs: {info.url}/docs); Ctrl-C stops",
                       highlight=False)  # fmt: skip
 
     serve_models(refs, address=address, host=host, port=port, base=base, poll_seconds=poll, limits=limits,
-                 num_cpus=num_cpus, max_batch_size=max_batch_size, on_ready=ready)  # fmt: skip
+                 num_cpus=num_cpus, max_batch_size=max_batch_size, forward_batch=forward_batch,
+                 forward_threads=forward_threads, admin_token=admin_token, api_token=api_token,
+                 on_ready=ready)  # fmt: skip
     console.print("stopped")
 
 

@@ -126,7 +126,7 @@ class PredictionJob:
 class ModelStore:
     """Served versions and the shared bases under them. Call its methods through :meth:`submit`/:meth:`call`."""
 
-    def __init__(self, base_override: str | None = None, workdir: str | None = None) -> None:
+    def __init__(self, base_override: str | None = None, workdir: str | None = None, forward_threads: int = 1) -> None:
         self.base_override = base_override
         self.workdir = Path(workdir) if workdir else None
         self.bases: dict[str, SharedBase] = {}
@@ -136,6 +136,14 @@ class ModelStore:
         self._waiting: deque[PredictionJob] = deque()
         self._waiting_lock = threading.Lock()
         self.passes = self.passed_requests = 0
+        # Forward passes of one model pass run on these threads, torch's intra-op threads shared out among them: on
+        # CPU, concurrent small passes beat one thread on large ones (padding, and matmuls too small to scale).
+        self.forward_threads = max(1, forward_threads)
+        self._forwards = ThreadPoolExecutor(self.forward_threads, thread_name_prefix="protpeft-forward")
+        if self.forward_threads > 1:
+            import torch
+
+            torch.set_num_threads(max(1, torch.get_num_threads() // self.forward_threads))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._executor.submit(fn, *args)
@@ -145,6 +153,11 @@ class ModelStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._forwards.shutdown(wait=False, cancel_futures=True)
+
+    def adapter_count(self) -> int:
+        """LoRA adapters injected into the shared bases now (read from any thread: a gauge)."""
+        return sum(len(b.peft.peft_config) for b in list(self.bases.values()) if b.peft is not None)
 
     def predict_later(self, jobs: list[PredictionJob], batch_size: int, pass_examples: int) -> None:
         """Queue jobs for the model thread; their futures get (N, outputs) probabilities or the error.
@@ -240,8 +253,22 @@ class ModelStore:
         if model.released or model.predictor is None:
             raise ModelReleased(f"{model.model_id} was released before its batch ran")
         context = model.base.active(model.adapter) if model.base is not None else nullcontext()
-        with context:
-            return model.predictor.predict_examples(examples, batch_size=batch_size)
+        with context:  # the adapter stays active until every forward pass of this call has returned
+            if self.forward_threads == 1 or len(examples) <= batch_size:
+                return self._forward(model.predictor, examples, batch_size)
+            order = sorted(range(len(examples)), key=lambda i: max(len(s) for s in examples[i]))
+            chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            parts = self._forwards.map(lambda c: self._forward(model.predictor, [examples[i] for i in c], batch_size),
+                                       chunks)  # fmt: skip
+            out = None
+            for chunk, probs in zip(chunks, parts, strict=True):
+                out = np.empty((len(examples), *probs.shape[1:]), probs.dtype) if out is None else out
+                out[chunk] = probs
+            return out
+
+    @staticmethod
+    def _forward(predictor: Predictor, examples: list[tuple[str, ...]], batch_size: int) -> np.ndarray:
+        return predictor.predict_examples(examples, batch_size=batch_size)
 
     def storage(self) -> StorageReport:
         """Parameter bytes measured on the tensors themselves, deduplicated by storage address."""
@@ -270,7 +297,7 @@ class ModelStore:
         )
         return StorageReport(
             base_copies=len(self.bases), base_bytes=base_bytes, base_bytes_if_separate=separate,
-            adapters=sum(len(b.peft.peft_config) for b in self.bases.values() if b.peft is not None),
+            adapters=self.adapter_count(),
             adapter_bytes=adapter_bytes, head_bytes=head_bytes,
             own_backbones=sum(1 for m in self.models.values() if m.base is None), own_backbone_bytes=own_bytes,
             rss_bytes=_rss(), pid=os.getpid(),

@@ -8,22 +8,28 @@ sequence length, letters) and the model's task are checked by :func:`check_input
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from protpeft.data.alphabet import ESM_LETTERS
 from protpeft.predict import clean_sequences
 from protpeft.tasks import TASKS
 
 __all__ = [
+    "SEQUENCE_PATTERN",
+    "letters_pattern",
+    "published_limits",
     "AddModelRequest",
     "BatchingReport",
+    "ErrorResponse",
     "Health",
     "Limits",
     "ModelsResponse",
     "PredictRequest",
     "PredictResponse",
+    "Problem",
     "ReloadResponse",
     "RequestError",
     "ServedModelInfo",
@@ -36,10 +42,11 @@ __all__ = [
 class RequestError(Exception):
     """A request the client can fix: ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Limits(BaseModel):
@@ -62,22 +69,65 @@ class Limits(BaseModel):
         return self
 
 
+def letters_pattern(letters: str) -> str:
+    """The JSON-schema pattern of a sequence of ``letters`` (either case; no whitespace, no ``*``)."""
+    return f"^[{letters}{letters.lower()}]+$"
+
+
+def _check_letters(seq: str) -> str:
+    """Enforces exactly the published pattern, with a message that names the first refused character."""
+    if not re.fullmatch(SEQUENCE_PATTERN, seq):
+        if not seq:
+            raise ValueError("empty sequence")
+        bad = next((i, c) for i, c in enumerate(seq, 1) if c.upper() not in ESM_LETTERS or not c.isascii())
+        raise ValueError(f"{bad[1]!r} at position {bad[0]} is not an amino-acid letter (accepted: {ESM_LETTERS}, "
+                         "either case, no whitespace)")  # fmt: skip
+    return seq
+
+
+SEQUENCE_PATTERN = letters_pattern(ESM_LETTERS)
+Sequence = Annotated[
+    str,
+    AfterValidator(_check_letters),
+    WithJsonSchema({"type": "string", "pattern": SEQUENCE_PATTERN, "description": "Amino-acid letters."}),
+]
+"""A protein sequence as the API takes it; the server's ``--letters`` and ``--max-length`` narrow it further (its
+``/openapi.json`` shows them)."""
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """Absent means not given; ``null`` is not accepted, so the schema shows no ``default: null``."""
+    schema.pop("default", None)
+
+
 class PredictRequest(BaseModel):
-    """``{"pairs": [[seq_a, seq_b], ...]}`` for a PPI model, ``{"sequences": [seq, ...]}`` for a symmetry model."""
+    """``{"pairs": [[seq_a, seq_b], ...]}`` for a PPI model, ``{"sequences": [seq, ...]}`` for a symmetry model.
+
+    Exactly one of the two is given: the published schema says so with a ``oneOf`` of the two ``required`` sets (the
+    other key is then absent, as ``additionalProperties: false`` and non-nullable fields leave no third way), and the
+    validator below enforces the same rule.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            "oneOf": [{"required": ["pairs"]}, {"required": ["sequences"]}],
             "examples": [
                 {"pairs": [["MKTAYIAKQRQISFVKSHFSRQ", "MSEQNNTEMTFQIQRIYTKDIS"]]},
                 {"sequences": ["MKTAYIAKQRQISFVKSHFSRQ"]},
-            ]
+            ],
         },
     )
 
-    pairs: list[tuple[str, str]] | None = Field(None, min_length=1, description="Protein pairs (PPI models).")
-    sequences: list[str] | None = Field(None, min_length=1, description="Single chains (symmetry models).")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Probability at or above which a label is predicted.")
+    pairs: list[tuple[Sequence, Sequence]] = Field(  # type: ignore[assignment]  # None: not given (null is refused)
+        None, min_length=1, description="Protein pairs (PPI models).", json_schema_extra=_no_default
+    )
+    sequences: list[Sequence] = Field(  # type: ignore[assignment]
+        None, min_length=1, description="Single chains (symmetry models).", json_schema_extra=_no_default
+    )
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, strict=True, description="Probability at or above which a label is predicted."
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictRequest:
@@ -174,6 +224,20 @@ class ReloadResponse(BaseModel):
     """name → why its reference could not be re-resolved or loaded (the old version keeps serving)."""
 
 
+class Problem(BaseModel):
+    loc: list[str]
+    """Where in the request (``body``, ``pairs``, ``0`` …)."""
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of this API (4xx): what to change, and for malformed requests each problem found."""
+
+    detail: str
+    errors: list[Problem] | None = None
+
+
 class AddModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ref": "ppi-lora@champion"}]})
 
@@ -189,18 +253,18 @@ def check_inputs(request: PredictRequest, task: str, limits: Limits) -> list[tup
     """The request's examples, cleaned (whitespace removed, upper-cased), as tuples of member sequences.
 
     Raises:
-        RequestError: 422 for the wrong input kind for ``task`` or letters that are not accepted, 413 for more items
-            or longer sequences than ``limits`` allow.
+        RequestError: 409 for the wrong input kind for ``task``, 422 for letters that are not accepted, 413 for
+            more items or longer sequences than ``limits`` allow.
     """
     given = request.pairs if request.pairs is not None else request.sequences
     if len(given) > limits.max_items:
         raise RequestError(413, f"{len(given)} items in one request; this server accepts at most "
                                 f"{limits.max_items}: split the request")  # fmt: skip
     spec = TASKS[task]
-    items = getattr(request, spec.inputs)
+    items = getattr(request, spec.inputs)  # the wrong kind answers 409: the schema cannot know a model's task
     if items is None:
         sent = "pairs" if request.pairs is not None else "sequences"
-        raise RequestError(422, f'this is a {spec.title} model: send {{"{spec.inputs}": {spec.input_example}}}, '
+        raise RequestError(409, f'this is a {spec.title} model: send {{"{spec.inputs}": {spec.input_example}}}, '
                                 f'not "{sent}"')  # fmt: skip
     members = spec.as_examples(items)  # pydantic has checked the pairs' length
     examples = list(zip(*[clean_or_422([e[m] for e in members], spec.item) for m in range(spec.members)], strict=True))
@@ -222,3 +286,15 @@ def clean_or_422(sequences: list[str], what: str) -> list[str]:
         return clean_sequences(sequences, what)
     except ValueError as err:
         raise RequestError(422, str(err)) from None
+
+
+def published_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """``schema`` (an OpenAPI document, changed in place) with this server's limits on ``PredictRequest``: items per
+    request, residues and letters per sequence, as :func:`check_inputs` enforces them."""
+    request = schema["components"]["schemas"]["PredictRequest"]["properties"]
+    sequence = {"type": "string", "pattern": letters_pattern(limits.letters), "maxLength": limits.max_length,
+                "description": "Amino-acid letters, either case."}  # fmt: skip
+    request["pairs"]["maxItems"] = request["sequences"]["maxItems"] = limits.max_items
+    request["pairs"]["items"]["prefixItems"] = [sequence, sequence]
+    request["sequences"]["items"] = sequence
+    return schema

@@ -28,6 +28,15 @@ class ServerInfo:
     url: str
     models: list[dict[str, Any]]
     """name, ref, version, mode of each served model."""
+    generated_admin_token: str | None = None
+    """The admin token made up for this server when none was given (to print once); None when one was given."""
+    num_cpus: float = 1.0
+    forward_threads: int = 1
+    forward_batch: int = 1
+
+
+DEFAULT_FORWARD_BATCH = 1
+"""Examples per forward pass on CPU: single pairs on concurrent threads beat padded batches there."""
 
 
 def serve_models(
@@ -39,11 +48,20 @@ def serve_models(
     base: str | None = None,
     poll_seconds: float | None = None,
     limits: Any = None,
-    num_cpus: float = 1.0,
+    num_cpus: float | None = None,
     max_batch_size: int = 8,
+    forward_batch: int = DEFAULT_FORWARD_BATCH,
+    forward_threads: int | None = None,
+    admin_token: str | None = None,
+    api_token: str | None = None,
     on_ready: Callable[[ServerInfo], None] | None = None,
 ) -> None:
     """Serve ``refs`` over HTTP on ``host:port`` until interrupted.
+
+    ``num_cpus`` (default: every CPU of the largest node) is the replica's CPU share, hence torch's threads;
+    ``forward_threads`` (default: one per CPU) run forward passes of ``forward_batch`` examples concurrently.
+    ``/admin/*`` needs ``admin_token`` (default: a new random one, passed to ``on_ready`` to print); the prediction
+    endpoints need ``api_token`` only when it is given.
 
     Raises:
         RegistryError: a reference does not resolve (before anything starts).
@@ -73,13 +91,18 @@ def serve_models(
     from protpeft.trainer.ray_cluster import connect, resolve_address
 
     from .app import APP_NAME, ServeSettings, build_app
+    from .auth import new_token
 
-    settings = ServeSettings(refs=tuple(str(r) for r in parsed), tracking_uri=uri, base=base, workdir=os.getcwd(),
-                             limits=limits or Limits(), poll_seconds=poll_seconds,
-                             max_batch_size=max_batch_size)  # fmt: skip
+    generated = None if admin_token else new_token()
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ} | {"MLFLOW_TRACKING_URI": uri}
     started = not ray.is_initialized() and resolve_address(address) == "local"
     connect(address)
+    num_cpus = num_cpus or largest_node_cpus()
+    threads = forward_threads or max(1, int(num_cpus))
+    settings = ServeSettings(refs=tuple(str(r) for r in parsed), tracking_uri=uri, base=base, workdir=os.getcwd(),
+                             limits=limits or Limits(), poll_seconds=poll_seconds, max_batch_size=max_batch_size,
+                             predict_batch_size=forward_batch, forward_threads=threads,
+                             admin_token=admin_token or generated, api_token=api_token)  # fmt: skip
     stop = _StopOnSignal()
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -90,7 +113,7 @@ def serve_models(
         if on_ready is not None:
             served = [{"name": v.name, "ref": str(r), "version": v.version, "mode": v.mode}
                       for r, v in zip(parsed, versions, strict=True)]  # fmt: skip
-            on_ready(ServerInfo(f"http://{host}:{port}", served))
+            on_ready(ServerInfo(f"http://{host}:{port}", served, generated, num_cpus, threads, forward_batch))
         stop.wait()
     except KeyboardInterrupt:  # Ctrl-C while starting: stop as cleanly as once running
         pass
@@ -101,6 +124,14 @@ def serve_models(
             ray.shutdown()
         else:  # a cluster (or the caller's Ray) keeps running, without this application
             serve.delete(APP_NAME)
+
+
+def largest_node_cpus() -> float:
+    """CPUs of the largest alive node of the connected Ray cluster (the whole machine for a local instance)."""
+    import ray
+
+    cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return max([c for c in cpus if c > 0] or [1.0])
 
 
 class _StopOnSignal:

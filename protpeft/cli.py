@@ -33,9 +33,16 @@ def load_predictor(model: str, base: str | None = None):
     if Path(model).is_dir():
         return Predictor.from_run_dir(model, base=base)
     try:
-        from protpeft.registry import load
+        from protpeft.registry import RegistryError, load, parse_ref
     except ImportError:
         raise ProtpeftError(f"{model}: no such run directory") from None
+    try:
+        parse_ref(model)
+    except RegistryError:
+        raise ProtpeftError(
+            f"{model}: no run directory or registered model of that name exists (a registered model is named "
+            "NAME, NAME@ALIAS or NAME/VERSION)"
+        ) from None
     return load(model, base=base)
 
 

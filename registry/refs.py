@@ -82,9 +82,11 @@ def parse_ref(text: str | ModelRef) -> ModelRef:
         return ModelRef(check_name(name), alias=check_alias(alias))
     if "/" in body:
         name, _, version = body.partition("/")
+        if not name or "/" in version:  # a path such as runs/x/y or /abs/dir, not NAME/VERSION
+            raise RegistryError(f"{raw!r} is not a model reference (a path?); {forms}")
         if version == "latest":
             return ModelRef(check_name(name))
-        if not version.isdigit() or int(version) < 1:
+        if not re.fullmatch(r"[0-9]{1,9}", version) or int(version) < 1:  # ASCII digits, an int the store holds
             raise RegistryError(f"invalid model reference {raw!r}: version must be a positive number; {forms}")
         return ModelRef(check_name(name), version=int(version))
     return ModelRef(check_name(body))

@@ -39,14 +39,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]  #
 PROTPEFT = str(Path(sys.executable).with_name("protpeft"))
 MAX_ITEMS = 8
 MAX_LENGTH = 200
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SERVED = {"ppi-a": "lora", "ppi-b": "lora-b", "sym": "symmetry", "ppi-frozen": "frozen", "ppi-full": "full"}
 
 
-def request(url: str, payload: dict | None = None, method: str | None = None, raw: bytes | None = None):
+def request(url: str, payload: dict | None = None, method: str | None = None, raw: bytes | None = None,
+            headers: dict[str, str] | None = None):  # fmt: skip
     """(status, decoded JSON body) of one HTTP call; errors are answers too."""
     data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json", **(headers or {})})  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             body = response.read()
@@ -91,8 +94,8 @@ def server(store: str, tmp_path_factory: pytest.TempPathFactory):
     refs = [f"{name}@champion" for name in SERVED]
     with log_path.open("wb") as log:
         process = subprocess.Popen([PROTPEFT, "serve", *refs, "--port", str(port), "--max-items", str(MAX_ITEMS),
-                                    "--max-length", str(MAX_LENGTH)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                    "--max-length", str(MAX_LENGTH), "--admin-token", ADMIN_TOKEN], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -179,14 +182,19 @@ BAD_REQUESTS = [
     ("no-such-model", {"pairs": [["MKT", "MKV"]]}, 404, ["no-such-model", "ppi-a"]),
     ("ppi-a", b"", 422, ["empty request body"]),
     ("ppi-a", b"{not json", 422, ["not valid JSON"]),
-    ("ppi-a", {"sequences": ["MKTAYIAKQR"]}, 422, ["PPI model", "pairs"]),
-    ("sym", {"pairs": [["MKT", "MKV"]]}, 422, ["symmetry model", "sequences"]),
+    ("ppi-a", {"sequences": ["MKTAYIAKQR"]}, 409, ["PPI model", "pairs"]),
+    ("sym", {"pairs": [["MKT", "MKV"]]}, 409, ["symmetry model", "sequences"]),
     ("ppi-a", {"pairs": [["MKT", "MKV", "MKW"]]}, 422, ["pairs.0"]),
     ("ppi-a", {"pairs": [["MKTJAYI", "MKV"]]}, 422, ["'J'", "position 4"]),
+    ("ppi-a", {"pairs": [["MKT AYI", "MKV"]]}, 422, ["' '", "position 4"]),
+    ("ppi-a", {"pairs": [["", "MKV"]]}, 422, ["empty sequence"]),
+    ("ppi-a", {"pairs": [["MKT", "MKV"]], "threshold": False}, 422, ["threshold"]),
     ("ppi-a", {"pairs": [["MKT", "M" * (MAX_LENGTH + 1)]]}, 413, [str(MAX_LENGTH + 1), str(MAX_LENGTH)]),
     ("ppi-a", {"pairs": [["MKT", "MKV"]] * (MAX_ITEMS + 1)}, 413, [str(MAX_ITEMS + 1), "split"]),
     ("ppi-a", {"pairs": []}, 422, ["at least 1"]),
     ("ppi-a", {"pairs": [["MKT", "MKV"]], "sequences": ["MKT"]}, 422, ["exactly one"]),
+    ("ppi-a", {"pairs": None, "sequences": ["MKT"]}, 422, ["pairs"]),
+    ("ppi-a", b'{"pairs": [["\xff\xfe", "MKV"]]}', 400, ["parsing the body"]),
 ]
 
 
@@ -221,7 +229,7 @@ def test_reload_swaps_in_the_version_an_alias_moved_to(server, runs, second_lora
 
     with ThreadPoolExecutor(6) as pool:  # requests in flight while the version is swapped: none may fail
         answers = [pool.submit(predict, url, "ppi-a", {"pairs": pairs}) for _ in range(30)]
-        status, body = request(f"{url}/admin/reload", {})
+        status, body = request(f"{url}/admin/reload", {}, headers=ADMIN)
         answers = [a.result() for a in answers]
     for answer in answers:
         np.testing.assert_allclose(answer["probabilities"], expected[answer["version"]], rtol=0, atol=1e-5)
@@ -235,22 +243,99 @@ def test_reload_swaps_in_the_version_an_alias_moved_to(server, runs, second_lora
     assert (storage["base_copies"], storage["adapters"]) == (1, 3)  # version 1's adapter was released
 
     set_alias("ppi-a", 1, "champion")  # and back
-    assert request(f"{url}/admin/reload", {})[1]["changed"][0]["new_version"] == 1
+    assert request(f"{url}/admin/reload", {}, headers=ADMIN)[1]["changed"][0]["new_version"] == 1
     np.testing.assert_allclose(predict(url, "ppi-a", {"pairs": pairs})["probabilities"], expected[1], rtol=0,
                                atol=1e-5)  # fmt: skip
 
 
+def test_admin_endpoints_need_the_admin_token_and_change_nothing_without_it(server):
+    url, _, _ = server
+    for headers, status, words in [(None, 401, "bearer token"), ({"Authorization": "Bearer wrong"}, 403, "not valid"),
+                                   ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "bearer token")]:  # fmt: skip
+        got, body = request(f"{url}/admin/models/ppi-b", method="DELETE", headers=headers)
+        assert (got, words in body["detail"]) == (status, True), body
+        assert request(f"{url}/admin/reload", {}, headers=headers)[0] == status
+        assert request(f"{url}/admin/models", {"ref": "nothing@champion"}, headers=headers)[0] == status
+    assert predict(url, "ppi-b", {"pairs": [["MKT", "MKV"]]})["version"] == 1  # still served
+    assert request(f"{url}/v1/models/ppi-b")[0] == 200  # predictions and listings stay open
+
+
 def test_models_are_removed_and_added_at_run_time(server):
     url, _, _ = server
-    assert request(f"{url}/admin/models/ppi-b", method="DELETE")[0] == 204
+    assert request(f"{url}/admin/models/ppi-b", method="DELETE", headers=ADMIN)[0] == 204
     assert request(f"{url}/v1/models/ppi-b/predict", {"pairs": [["MKT", "MKV"]]})[0] == 404
     assert request(f"{url}/v1/models")[1]["storage"]["adapters"] == 2
-    status, body = request(f"{url}/admin/models", {"ref": "ppi-b@champion"})
+    assert request(f"{url}/admin/models/ppi-b", method="DELETE", headers=ADMIN)[0] == 404
+    status, body = request(f"{url}/admin/models", {"ref": "ppi-b@champion"}, headers=ADMIN)
     assert status == 201 and body["name"] == "ppi-b" and body["loaded"], body
-    assert request(f"{url}/admin/models", {"ref": "ppi-b@champion"})[0] == 409
-    status, body = request(f"{url}/admin/models", {"ref": "nothing@champion"})
+    assert request(f"{url}/admin/models", {"ref": "ppi-b@champion"}, headers=ADMIN)[0] == 409
+    status, body = request(f"{url}/admin/models", {"ref": "nothing@champion"}, headers=ADMIN)
     assert status == 404 and "registered models" in body["detail"]
     assert request(f"{url}/v1/models")[1]["storage"]["adapters"] == 3
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_errors_latency_batches_and_adapters(server):
+    url, _, _ = server
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            return response.read().decode()
+
+    route = "/v1/models/{name}/predict"
+    before = scrape()
+    for _ in range(3):
+        predict(url, "ppi-a", {"pairs": [["MKTAYIAKQR", "MSEQNNTEMT"]] * 2})
+    assert request(f"{url}/v1/models/nothing/predict", {"pairs": [["MKT", "MKV"]]})[0] == 404
+    after = scrape()
+    ok = {"method": "POST", "route": route, "status": "200"}
+    assert (
+        metric(after, "protpeft_http_requests_total", **ok) - metric(before, "protpeft_http_requests_total", **ok) == 3
+    )
+    assert metric(after, "protpeft_http_errors_total", status="404") > metric(before, "protpeft_http_errors_total",
+                                                                                status="404")  # fmt: skip
+    count = "protpeft_http_request_duration_seconds_count"
+    assert metric(after, count, route=route) - metric(before, count, route=route) == 4
+    assert metric(after, "protpeft_batch_requests_count") >= metric(before, "protpeft_batch_requests_count") + 1
+    predicted = "protpeft_predicted_examples_total"
+    assert metric(after, predicted, model="ppi-a") - metric(before, predicted, model="ppi-a") == 6
+    assert metric(after, "protpeft_loaded_adapters") == 3 and metric(after, "protpeft_loaded_models") == len(SERVED)
+
+
+def test_the_api_conforms_to_its_own_openapi_schema(server, tmp_path):
+    """schemathesis, every check, against /openapi.json on loopback: no failure of any kind, server healthy after."""
+    url, process, log_path = server
+    st = str(Path(sys.executable).with_name("schemathesis"))
+    # 413 (over this server's published maxItems/maxLength) is a documented rejection of schema-violating data too.
+    # One worker: CPython 3.11 < 3.11.8 can raise "AST constructor recursion depth mismatch" when hypothesis parses
+    # lambdas on two threads at once (python/cpython#106905), an error of the fuzzer, not of the server.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[checks.negative_data_rejection]\n'
+                      'expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "422"]\n')  # fmt: skip
+    proc = subprocess.run([st, "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all",
+                           "--mode", "all", "--max-examples", "15", "--seed", "14", "--workers", "1", "--no-shrink",
+                           "--request-timeout", "30", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                           "--phases", "examples,coverage,fuzzing,stateful"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert process.poll() is None, log_path.read_text()[-4000:]
+    status, health = request(f"{url}/healthz")
+    assert status == 200 and health["status"] == "ok" and set(health["models"]) <= set(SERVED)
+    for name in sorted(set(SERVED) - set(health["models"])):  # the fuzzer holds the admin token: it may remove some
+        assert request(f"{url}/admin/models", {"ref": f"{name}@champion"}, headers=ADMIN)[0] == 201
+    assert request(f"{url}/healthz") == (200, {"status": "ok", "models": sorted(SERVED)})
+    assert predict(url, "ppi-a", {"pairs": [["MKTAYIAKQR", "MSEQNNTEMT"]]})["probabilities"]
 
 
 def test_an_unknown_reference_fails_before_anything_starts(store):
