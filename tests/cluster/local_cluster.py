@@ -108,18 +108,24 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **self.s3.env()}
 
     # ---- nodes --------------------------------------------------------------------------------------------------
-    def start_node(self, name: str, num_cpus: int = 1, timeout: float = 120) -> RayNode:
-        """Start a worker node (or a replacement for a lost one: same name, same custom resource, fresh ports and
-        process group) and wait until it is ALIVE in the cluster."""
-        if name in self.nodes and self.nodes[name].group.ours():
+    def start_node(self, name: str, num_cpus: int | None = None, timeout: float = 120) -> RayNode:
+        """Start a worker node with ``num_cpus`` (default 1), or a replacement for a lost one (same name, custom
+        resource and CPUs; fresh ports and process group), and wait until it is ALIVE in the cluster."""
+        lost = self.nodes.get(name)
+        if lost is not None and lost.group.ours():
             raise RuntimeError(f"node {name} is still running")
+        num_cpus = num_cpus or (int(lost.resources[name]) if lost else 1)
         t0 = time.monotonic()
         env = node_env(dict(os.environ), self.token)
         node = start_worker_node(self.root, name, self.gcs_address, PortBlock(PORTS_PER_NODE), env, self.hide,
                                  self.keep, num_cpus)  # fmt: skip
         self.nodes[name] = node
-        wait_node_alive(node, self.dashboard_url, self.token, timeout)
-        self.timings[f"node {name} joined (s)"] = round(time.monotonic() - t0, 1)
+        try:
+            wait_node_alive(node, self.dashboard_url, self.token, timeout)
+        except BaseException:
+            node.group.stop()
+            raise
+        self.timings[f"{'replacement ' if lost else ''}node {name} joined (s)"] = round(time.monotonic() - t0, 1)
         self.save()
         return node
 
