@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 DEMO := build/demo
 
-.PHONY: install demo demo-data demo-tune test test-unit test-integration bench lint clean
+.PHONY: install demo demo-data demo-tune cluster-demo test test-unit test-integration bench lint clean
 
 # torch first, pinned, so pip takes the local CPU wheel instead of pulling GBs of CUDA wheels.
 # DeepSpeed installs pure-Python (DS_BUILD_OPS=0) and JIT-builds the few ops it needs on first use.
@@ -47,6 +47,12 @@ demo-tune: install demo-data
 	rm -rf runs/tune/demo
 	protpeft tune configs/tune/demo.yaml --register-best demo-tuned
 	@echo "robustness report: runs/tune/demo/report/report.md (and report.html)"
+
+# A shared-nothing Ray cluster on this machine (S3 server, a head with no CPUs, two worker nodes in mount namespaces
+# of their own): started, shown (what each node sees of the driver's files and of S3), stopped. Needs root (unshare).
+# By hand: `$(PY) tests/cluster/local_cluster.py up` prints the variables to export; `... down` stops it.
+cluster-demo: install
+	flock /tmp/protpeft-heavy.lock $(PY) tests/cluster/local_cluster.py demo
 
 test: install
 	$(PY) -m pytest -q
