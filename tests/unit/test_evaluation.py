@@ -14,12 +14,12 @@ pytestmark = pytest.mark.unit
 def test_overrides_apply_to_the_runs_own_config(make_config) -> None:
     cfg = make_config("symmetry", "frozen", "optim.max_steps=2", name="evaluated")
     run_dir = run_training(cfg).run_dir
-    override = "data.split.fractions=[0.4,0.2,0.4]"
-    wanted = len(load_task_data("symmetry", make_config("symmetry", "frozen", override).data).splits["test"])
+    overrides = ["data.split.method=random", "data.split.fractions=[0.4,0.2,0.4]"]
+    wanted = len(load_task_data("symmetry", make_config("symmetry", "frozen", *overrides).data).splits["test"])
     recorded = len(load_task_data("symmetry", cfg.data).splits["test"])
     assert wanted != recorded  # the override changes the test split
 
     assert evaluate_run(run_dir)["examples"] == recorded
-    result = evaluate_run(run_dir, overrides=[override])  # no --config: the run's own config + the override
+    result = evaluate_run(run_dir, overrides=overrides)  # no --config: the run's own config + the override
     assert result["examples"] == wanted
     assert 0.0 <= result["test_aupr"] <= 1.0
