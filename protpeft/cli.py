@@ -163,16 +163,17 @@ def data_check(
 
 @data_app.command("synth")
 def data_synth(
-    task: Annotated[str, typer.Option(help="ppi or symmetry.")],
+    task: Annotated[str, typer.Option(help="The task: ppi or symmetry.")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
     n: Annotated[int | None, typer.Option(help="Examples (default 1200 pairs / 600 sequences).")] = None,
     seed: int = 0,
 ) -> None:
     """Write a small learnable synthetic dataset in the real file formats."""
     from protpeft.data.synth import write_synthetic
+    from protpeft.tasks import TASKS
 
-    if task not in ("ppi", "symmetry"):
-        raise ProtpeftError(f"--task must be ppi or symmetry, not {task!r}")
+    if task not in TASKS:
+        raise ProtpeftError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     paths = write_synthetic(task, out, n=n, seed=seed)  # type: ignore[arg-type]
     print_json({k: str(v) for k, v in paths.items()})
 

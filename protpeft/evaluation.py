@@ -10,6 +10,7 @@ import numpy as np
 from protpeft.artifact import ARTIFACT_FILE, read_artifact
 from protpeft.config import apply_overrides, config_from_dict, load_config
 from protpeft.data.datasets import load_task_data
+from protpeft.errors import ConfigError
 from protpeft.metrics import task_metrics
 from protpeft.predict import Predictor
 
@@ -32,7 +33,7 @@ def evaluate_run(
         cfg = config_from_dict(apply_overrides(recorded, overrides), f"{run_dir}/{ARTIFACT_FILE}")
     data = load_task_data(cfg.task, cfg.data)
     if split not in data.splits:
-        raise ValueError(f"unknown split {split!r}")
+        raise ConfigError(f"--split {split}: no such split; this run's data has {', '.join(sorted(data.splits))}")
     predictor = Predictor.from_run_dir(run_dir, base=base)
     examples = data.splits[split]
     probs = predictor.predict_examples([tuple(data.sequences[m] for m in e.members) for e in examples])

@@ -23,3 +23,11 @@ def test_overrides_apply_to_the_runs_own_config(make_config) -> None:
     result = evaluate_run(run_dir, overrides=overrides)  # no --config: the run's own config + the override
     assert result["examples"] == wanted
     assert 0.0 <= result["test_aupr"] <= 1.0
+
+
+def test_an_unknown_split_is_a_one_line_error_naming_the_splits(make_config) -> None:
+    from protpeft.errors import ConfigError
+
+    run_dir = run_training(make_config("symmetry", "frozen", "optim.max_steps=1", name="split-check")).run_dir
+    with pytest.raises(ConfigError, match=r"--split nope: no such split; this run's data has test, train, val"):
+        evaluate_run(run_dir, split="nope")
