@@ -40,19 +40,39 @@ def synth_symmetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_synthetic("symmetry", tmp_path_factory.mktemp("synth-symmetry"))
 
 
+@pytest.fixture(scope="session")
+def small_ppi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """200 synthetic pairs, for tests whose claim does not need a model that learns: evaluating the default 1200
+    would dominate a short run's time."""
+    from protpeft.data.synth import write_synthetic
+
+    return write_synthetic("ppi", tmp_path_factory.mktemp("small-ppi"), n=200)
+
+
+@pytest.fixture(scope="session")
+def small_symmetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """100 synthetic symmetry rows (see ``small_ppi``)."""
+    from protpeft.data.synth import write_synthetic
+
+    return write_synthetic("symmetry", tmp_path_factory.mktemp("small-symmetry"), n=100)
+
+
 @pytest.fixture
-def make_config(tiny_model: Path, synth_ppi: dict, synth_symmetry: dict, tmp_path: Path):
+def make_config(tiny_model: Path, tmp_path: Path, request: pytest.FixtureRequest):
     """Build a RunConfig for the tiny model + synthetic data: ``make_config("ppi", "lora", "optim.lr=1e-3", ...)``.
 
-    Defaults are small and fast (batch 16, no accumulation, 1 epoch); overrides win.
+    Defaults are small and fast (batch 16, no accumulation, 1 epoch); overrides win. ``small=True`` takes the
+    small data sets (``small_ppi``, ``small_symmetry``) instead of the learnable ``synth_ppi`` / ``synth_symmetry``.
     """
     from protpeft.config import load_config
 
-    def build(task: str = "ppi", mode: str = "lora", *overrides: str, name: str | None = None):
+    def build(task: str = "ppi", mode: str = "lora", *overrides: str, name: str | None = None, small: bool = False):
+        sets = ("small_ppi", "small_symmetry") if small else ("synth_ppi", "synth_symmetry")
+        source = request.getfixturevalue(sets[0] if task == "ppi" else sets[1])
         data = (
-            [f"data.pairs={synth_ppi['pairs']}", f"data.sequences={synth_ppi['sequences']}"]
+            [f"data.pairs={source['pairs']}", f"data.sequences={source['sequences']}"]
             if task == "ppi"
-            else [f"data.table={synth_symmetry['table']}"]
+            else [f"data.table={source['table']}"]
         )
         base = [
             f"task={task}",

@@ -63,22 +63,7 @@ def any_store(request: pytest.FixtureRequest, store_template: Path, tmp_path: Pa
 
 
 # --------------------------------------------------------------------------------------------------------------
-# data and trained runs (no tracking; registered by the tests)
-
-
-@pytest.fixture(scope="session")
-def small_ppi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """200 synthetic pairs: evaluation of the default 1200 would dominate these tests' time."""
-    from protpeft.data.synth import write_synthetic
-
-    return write_synthetic("ppi", tmp_path_factory.mktemp("registry-ppi"), n=200)
-
-
-@pytest.fixture(scope="session")
-def small_symmetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from protpeft.data.synth import write_synthetic
-
-    return write_synthetic("symmetry", tmp_path_factory.mktemp("registry-symmetry"), n=100)
+# trained runs (no tracking; registered by the tests) on the small data sets of tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,7 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, make_config, tmp
         "engine.workers=2",
         "engine.max_failures=1",
         name="fault",
+        small=True,
     )
     killer = KillOnce(kill_at, tmp_path / "killed", tmp_path / "trail")
     summary = launch_training(cfg, logger_factory=killer)
@@ -122,7 +123,7 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
         "model.head_dropout=0",
         "optim.grad_accum=2",
     )
-    cfg = make_config("ppi", "full", *common, "optim.batch_size=4", "engine.workers=2", name="resume")
+    cfg = make_config("ppi", "full", *common, "optim.batch_size=4", "engine.workers=2", name="resume", small=True)
     killer = KillOnce(3, tmp_path / "killed", tmp_path / "trail")
     with pytest.raises(TrainingFailed, match="failed"):
         launch_training(cfg, logger_factory=killer)  # max_failures=0: the crash stops the run after step 2's save
@@ -141,7 +142,9 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
 
     # -- the same run uninterrupted (one process, batch 2b: the data-parallel twin) ends at the same loss
     reference = run_training(
-        make_config("ppi", "full", *common, "optim.batch_size=8", "engine.strategy=local", name="uninterrupted")
+        make_config(
+            "ppi", "full", *common, "optim.batch_size=8", "engine.strategy=local", name="uninterrupted", small=True
+        )
     )
     ours, theirs = train_losses(cfg.run_dir), train_losses(reference.run_dir)
     assert [s for s, _ in ours] == [s for s, _ in theirs]

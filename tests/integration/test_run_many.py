@@ -16,12 +16,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def common_set(tiny_model: Path, synth_ppi: dict, tmp_path: Path) -> list[str]:
-    """Overrides every job shares: the tiny backbone, synthetic PPI data, 2 optimizer steps."""
+def common_set(tiny_model: Path, small_ppi: dict, tmp_path: Path) -> list[str]:
+    """Overrides every job shares: the tiny backbone, the 200-pair synthetic PPI set, 2 optimizer steps."""
     return [
         f"model.base={tiny_model}",
-        f"data.pairs={synth_ppi['pairs']}",
-        f"data.sequences={synth_ppi['sequences']}",
+        f"data.pairs={small_ppi['pairs']}",
+        f"data.sequences={small_ppi['sequences']}",
         f"output_dir={tmp_path / 'runs'}",
         f"data.cache_dir={tmp_path / 'embeddings'}",
         "optim.batch_size=8",

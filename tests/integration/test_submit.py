@@ -115,7 +115,8 @@ def test_submit_train_job_with_token_auth(ray_head: dict, make_config, tmp_path:
     assert "requires token authentication" in denied.stderr and "Traceback" not in denied.stderr
 
     # -- a training job: its config travels in the working dir and is named by a relative path
-    cfg = make_config("ppi", "lora", "optim.max_steps=2", "optim.batch_size=8", "engine.workers=1", name="submitted")
+    cfg = make_config("ppi", "lora", "optim.max_steps=2", "optim.batch_size=8", "engine.workers=1", name="submitted",
+                      small=True)  # fmt: skip
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     (job_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
