@@ -52,7 +52,7 @@ demo-tune: install demo-data
 # of their own): started, shown (what each node sees of the driver's files and of S3), stopped. Needs root (unshare).
 # By hand: `$(PY) tests/cluster/local_cluster.py up` prints the variables to export; `... down` stops it.
 cluster-demo: install
-	flock /tmp/protpeft-heavy.lock $(PY) tests/cluster/local_cluster.py demo
+	$(PY) tests/cluster/local_cluster.py demo
 
 # The five slowest tests are listed at the end: the suite should stay under 12 minutes on 2 cores.
 test: install

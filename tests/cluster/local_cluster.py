@@ -1,7 +1,7 @@
 """A shared-nothing Ray cluster on this machine, for tests and by hand: an S3 server (SeaweedFS), a Ray head with no
 CPUs, and worker nodes that cannot read the driver's files.
 
-By hand (run heavy commands under ``flock /tmp/protpeft-heavy.lock``)::
+By hand::
 
     python tests/cluster/local_cluster.py up      # prints the variables to export, writes <root>/cluster.json
     python tests/cluster/local_cluster.py down    # stops what `up` started (by process group), removes <root>
