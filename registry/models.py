@@ -67,6 +67,28 @@ def _new_run_for(client, uri: str, run_dir: Path, artifact: RunArtifact, package
     return client.get_run(run.info.run_id)
 
 
+def _recorded_run(client, run_dir: Path) -> str | None:
+    """The tracked training run that ``run_dir``'s artefact names, when this store holds it (else None: the run was
+    tracked elsewhere, or not at all). An unreadable artefact is left to the packaging step to report."""
+    from mlflow.exceptions import MlflowException
+
+    from protpeft.artifact import ArtifactError, read_artifact
+
+    try:
+        run_id = read_artifact(run_dir).mlflow_run_id
+    except ArtifactError:
+        return None
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        if _is(err, "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise
+    return run_id
+
+
 def _describe(artifact: RunArtifact, run) -> str:
     note = run.data.tags.get("mlflow.note.content")
     if note:
@@ -89,8 +111,10 @@ def register_run(
 ) -> ModelVersionInfo:
     """Register a run directory as a new version of ``name`` (created when missing), optionally aliased.
 
-    With ``mlflow_run_id`` (the run :func:`~protpeft.registry.tracking.logger_factory` created) the version links to
-    that run and reuses its logged model; without it a run recording the directory's config and metrics is created.
+    With ``mlflow_run_id`` (the run :func:`~protpeft.registry.tracking.logger_factory` created), or the training run
+    the artefact recorded (``mlflow_run_id`` in ``protpeft.json``) when that run is in this store, the version links
+    to that run and reuses its logged model, so registering adds no run; without either, a run recording the
+    directory's config and metrics is created.
     The version copies the run's tags (lineage: task, mode, base model and fingerprint, dataset fingerprint, git
     commit) and description (else one is generated from the metrics), and records the artefact's size.
 
@@ -109,6 +133,7 @@ def register_run(
         check_alias(alias)
     run_dir = Path(run_dir)
     with tempfile.TemporaryDirectory(prefix="protpeft-register-") as tmp, _client(tracking_uri) as client:
+        mlflow_run_id = mlflow_run_id or _recorded_run(client, run_dir)
         packaged = mlflow_run_id and logged_package(client, mlflow_run_id, run_dir) or package_run(run_dir, Path(tmp))
         artifact = packaged.artifact
         if mlflow_run_id:

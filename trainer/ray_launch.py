@@ -177,6 +177,18 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 _DATA_PATHS = ("pairs", "sequences", "table", "cache_dir")
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """Read and validate the run's data on the driver, so an input error names its file and line before any Ray
+    process starts (inside a worker it would arrive wrapped in Ray's tracebacks).
+
+    Raises:
+        InputError: the data files' problems, each with file and line.
+    """
+    from protpeft.data.datasets import load_task_data
+
+    load_task_data(cfg.task, cfg.data)
+
+
 def _prepare_storage(
     cfg: RunConfig, resume: str | Path | None, storage_path: str | Path | None, run_name: str | None
 ) -> tuple[Path, str, Path | None]:
@@ -308,6 +320,7 @@ def launch_training(
     from protpeft.trainer.ray_cluster import connect
 
     cfg = absolute_paths(cfg)
+    check_inputs(cfg)  # a file:line error as with --local, before Ray starts or old runs are cleared
     storage, name, explicit = _prepare_storage(cfg, resume, storage_path, run_name)
     connect(address)
     trainer = build_trainer(cfg, storage, name, logger_factory, str(explicit) if explicit else None)

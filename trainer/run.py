@@ -123,6 +123,7 @@ def run_training(
     ctx = ctx or WorkerContext.local()
     run_dir = cfg.run_dir
     checkpoint_root = checkpoint_root or run_dir / "checkpoints"
+    tracking_run_id = getattr(logger, "run_id", None)  # recorded in the artefact: its registered versions link to it
     if ctx.is_leader:
         logger = MultiLogger(logger or NullLogger(), JsonlLogger(run_dir / "metrics.jsonl"))
         logger.log_config(cfg.to_dict())
@@ -202,6 +203,7 @@ def run_training(
             workers=ctx.world_size,
             embedded_sequences=embedded,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            mlflow_run_id=tracking_run_id,
         )
         write_artifact(run_dir, artifact, trained.head, saved_backbone, tokenizer)
         logger.log_metrics({f"final_{k}": v for k, v in metrics.items()}, state.step)

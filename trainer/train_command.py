@@ -51,6 +51,8 @@ def train_from_cli(
             from protpeft.trainer.ray_launch import launch_training
 
             summary = launch_training(cfg, address=address, logger_factory=run.logger_factory, resume=resume)
+    if run.run_id is not None:
+        summary["mlflow_run_id"] = run.run_id  # printed: the run a registered version of this directory links to
     outcome = TrainOutcome(summary)
     if cfg.tracking.register_as:
         outcome.registered = run.register(summary["run_dir"], cfg.tracking.register_as, cfg.tracking.alias)

@@ -42,6 +42,7 @@ def copy_run_dir(run_dir: Path, dest: Path, **meta_changes) -> Path:
 def test_train_register_alias_then_pull_by_name_in_a_fresh_process(any_store, tiny_model, small_ppi, tmp_path):
     from mlflow import MlflowClient
 
+    from protpeft.artifact import read_artifact
     from protpeft.registry import get_version, register_run, set_alias
     from protpeft.registry.tracking import logger_factory
 
@@ -76,6 +77,14 @@ def test_train_register_alias_then_pull_by_name_in_a_fresh_process(any_store, ti
     assert version.metrics["val_aupr"] == pytest.approx(meta["metrics"]["val_aupr"])
     assert version.size_bytes == artefact_bytes(trained.run_dir)
     assert "ppi lora" in version.description and factory.run_id in version.description
+
+    # lineage: the artefact names its training run, so registering the directory alone links to that run (with its
+    # train_loss history) and adds no run, however often it is registered
+    assert read_artifact(trained.run_dir).mlflow_run_id == factory.run_id
+    runs_before = len(client.search_runs([run.info.experiment_id]))
+    again = [register_run(trained.run_dir, f"{name}-again") for _ in range(2)]
+    assert [v.run_id for v in again] == [factory.run_id, factory.run_id] and [v.version for v in again] == [1, 2]
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
 
     # a fresh interpreter pulls it by name and predicts exactly what the trained model did
     code = (

@@ -70,6 +70,19 @@ def test_train_with_missing_data_is_a_clear_error(tmp_path: Path, tiny_model: Pa
     assert out.returncode == 2 and "nope.tsv: file not found" in out.stderr
 
 
+def test_bad_data_through_ray_is_reported_before_ray_starts(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "seqs.fasta").write_text(">a\nMKVL\n>b\nMKLV\n")
+    (tmp_path / "pairs.tsv").write_text("a\tb\t1\na\tb\tmaybe\n")
+    out = run(
+        "train", "/dev/null", "--set", f"model.base={tiny_model}", "--set", f"data.pairs={tmp_path / 'pairs.tsv'}",
+        "--set", f"data.sequences={tmp_path / 'seqs.fasta'}", "--set", "tracking.mlflow=false",
+        "--set", f"output_dir={tmp_path / 'runs'}", "--address", "127.0.0.1:1",  # no cluster there: never reached
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "pairs.tsv:2: label 'maybe' must be 0 or 1" in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr  # one line, no Ray output
+
+
 def test_synth_and_init_tiny_commands(tmp_path: Path) -> None:
     assert run("data", "synth", "--task", "symmetry", "--out", str(tmp_path / "s"), "--n", "50").returncode == 0
     assert (tmp_path / "s" / "symmetry.tsv").is_file()
