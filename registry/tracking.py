@@ -23,15 +23,12 @@ from protpeft.config import RunConfig, flatten_config
 
 from . import store
 from .packaging import MODEL_PATH, PackagedRun
+from .versions import FILES_TAG, SIZE_TAG
 
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
 
 __all__ = ["MLflowLogger", "MLflowLoggerFactory", "git_commit", "logger_factory", "record_finished_run", "run_tags"]
-
-SIZE_TAG = "artifact_size_bytes"
-FILES_TAG = "artifact_files"
-"""Run tags with the logged artefact's size and file count (a registered version copies them)."""
 
 _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
 _BATCH = 100  # params/metrics per log_batch call (MLflow accepts at most 100 params per batch)

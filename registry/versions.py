@@ -30,6 +30,7 @@ __all__ = [
 
 SIZE_TAG = "artifact_size_bytes"
 FILES_TAG = "artifact_files"
+"""Run and version tags with the logged artefact's size and file count (a registered version copies its run's)."""
 _COST_METRICS = ("params_trainable", "params_total", "peak_memory_mb", "wall_seconds")
 
 
