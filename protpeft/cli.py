@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from protpeft.console import ClusterOpt, ConfigArg, SetOpt, console, err_console, print_json
+from protpeft.console import ClusterOpt, ConfigArg, SetOpt, StorageOpt, console, err_console, print_json
 from protpeft.errors import ProtpeftError
 
 app = typer.Typer(
@@ -58,9 +58,14 @@ def train(
     workers: Annotated[int | None, typer.Option(help="Ray Train workers (engine.workers).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per worker.")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per worker; fractions pack jobs.")] = None,
+    storage: StorageOpt = None,
     local: Annotated[bool, typer.Option("--local", help="Train in this process, without Ray (debugging).")] = False,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue a stopped run: its run directory or a checkpoint.")
+        Path | None,
+        typer.Option(
+            help="Continue a stopped run: its run directory or name (checkpoints in its storage), or a "
+            "checkpoint directory."
+        ),
     ] = None,
     register_as: Annotated[str | None, typer.Option(help="Register the finished run under this model name.")] = None,
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
@@ -70,7 +75,8 @@ def train(
 
     outcome = train_from_cli(
         config, set_, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-        gpus_per_worker=gpus_per_worker, local=local, resume=resume, register_as=register_as, alias=alias,
+        gpus_per_worker=gpus_per_worker, storage=storage, local=local, resume=resume, register_as=register_as,
+        alias=alias,
     )  # fmt: skip
     _print_result(outcome)
     if outcome.registered is not None:

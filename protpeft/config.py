@@ -154,6 +154,10 @@ class EngineConfig(_Section):
     """Worker-group restarts from the last checkpoint before the run fails (-1: unlimited)."""
     log_every: int = Field(10, ge=1)
     """Log training loss every N optimizer steps."""
+    storage: str | None = None
+    """Where Ray keeps checkpoints and the finished artefact: a directory (shared by every node on a multi-node
+    cluster) or an object store, ``s3://BUCKET/PREFIX`` (endpoint and keys from ``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``). Default: ``<output_dir>/ray_results``."""
 
 
 class TrackingConfig(_Section):

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-__all__ = ["ClusterOpt", "ConfigArg", "JobsAddressOpt", "SetOpt", "console", "err_console", "print_json"]
+__all__ = ["ClusterOpt", "ConfigArg", "JobsAddressOpt", "SetOpt", "StorageOpt", "console", "err_console", "print_json"]
 
 # Tables stay readable when output goes to a file or `make`'s log (Rich assumes 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -35,6 +35,16 @@ ClusterOpt = Annotated[
     typer.Option("--address", help="Ray cluster to run on (default: $RAY_ADDRESS, else a new local Ray instance)."),
 ]
 """The Ray cluster a command joins (``ray.init(address=...)``)."""
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Where checkpoints and artefacts go (engine.storage): a directory, shared by every node on a "
+        "multi-node cluster, or s3://BUCKET/PREFIX (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY). Default: OUTPUT_DIR/ray_results.",
+    ),
+]
+"""Ray Train's storage for a run's checkpoints and artefact."""
 JobsAddressOpt = Annotated[
     str | None,
     typer.Option(

@@ -1,11 +1,12 @@
-"""The life of a tracked training run in MLflow, in one place: created on the driver, written by the rank-0 worker
-through a picklable logger factory, ended FINISHED (when its run directory is logged) or FAILED, registered from the
-model it logged.
+"""The life of a tracked training run in MLflow, in one place: created on the driver, written on the driver's side
+(the config and the finished run by the driver, metrics by the Ray Train callback on its node) through a picklable
+logger factory — workers never open the tracking store —, ended FINISHED (when its run directory is logged) or
+FAILED, registered from the model it logged.
 
 ::
 
     with tracked_run(cfg) as run:                                   # the MLflow run (none when tracking is off)
-        summary = launch_training(cfg, logger_factory=run.logger_factory)   # rank 0: params, metrics, run dir
+        summary = launch_training(cfg, logger_factory=run.logger_factory)   # params, metrics, run dir
     run.register(summary["run_dir"], "ppi-lora", alias="champion")  # the logged model: packaged once
 
 ``protpeft train`` (in one process or on Ray), run-many (one run per job, created by the launching process, ended
@@ -67,7 +68,7 @@ def create_run(
     cfg: RunConfig, tracking_uri: str | None = None, *, parent_run_id: str | None = None, run_name: str | None = None
 ) -> MLflowLoggerFactory:
     """The MLflow run of training ``cfg`` (tagged with task, mode, base model, git commit, version) as the factory
-    the rank-0 worker calls; ``run_name`` replaces ``cfg.name`` as the name shown in MLflow."""
+    the driver's side calls; ``run_name`` replaces ``cfg.name`` as the name shown in MLflow."""
     tags = {"task": cfg.task, "mode": cfg.mode, "base_model": cfg.model.base, "git_commit": git_commit(),
             "protpeft_version": protpeft.__version__, "run_name": cfg.name}  # fmt: skip
     run_id, uri = open_run(cfg.tracking.experiment, run_name or cfg.name, tags, tracking_uri, parent_run_id)
@@ -124,7 +125,7 @@ class TrackedRun:
 
     @property
     def logger_factory(self) -> MLflowLoggerFactory | None:
-        """What the rank-0 worker calls to get its logger (None: no tracking)."""
+        """What the driver's side calls to get the run's logger (None: no tracking)."""
         return self.factory
 
     def logger(self) -> MLflowLogger | None:
@@ -165,7 +166,7 @@ def tracked_run(
 ) -> Iterator[TrackedRun]:
     """The tracked run of training ``cfg`` around the training: ``run`` when one was started already (run-many's
     jobs, a resumed Tune trial), else a new one. Training that raises (or is interrupted) leaves it FAILED, never
-    RUNNING; a finished training ends it FINISHED when the rank-0 worker logs the run directory."""
+    RUNNING; a finished training ends it FINISHED when the driver logs the run directory."""
     tracked = run if run is not None else start(cfg, parent_run_id=parent_run_id, run_name=run_name,
                                                 tracking_uri=tracking_uri)  # fmt: skip
     try:

@@ -1,7 +1,8 @@
 """MLflow implementation of the trainer's :class:`~protpeft.tracking.MetricLogger`.
 
 The MLflow run is created on the driver by :func:`logger_factory`; the factory it returns is a small picklable
-object (run id + tracking URI) that the rank-0 worker calls to get an :class:`MLflowLogger` writing into that run.
+object (run id + tracking URI) that the driver's side (the driver, and Ray Train's controller on the driver's node)
+calls to get an :class:`MLflowLogger` writing into that run; workers never open the tracking store.
 What a run records: params = the whole resolved config flattened (plus ``config.json``), every metric the loop logs
 with its step, tags (task, mode, base model and its fingerprint, dataset fingerprint, git commit, protpeft version),
 parameter counts, peak memory and wall time as metrics, and the run directory as a pyfunc model (``model/``, see
@@ -128,7 +129,7 @@ def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packa
 
 @dataclass(frozen=True)
 class MLflowLoggerFactory:
-    """Picklable: built on the driver, called in the rank-0 worker (possibly another process or machine)."""
+    """Picklable: built on the driver, called on the driver's node (the driver, Ray Train's controller)."""
 
     run_id: str
     tracking_uri: str

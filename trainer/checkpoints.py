@@ -36,8 +36,17 @@ class TrainState:
 
 
 class Reporter(Protocol):
+    """Where the loop hands what it produced. Every method is called by every worker at the same points."""
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        """Called by every worker at each evaluation; ``checkpoint_dir`` holds this worker's files (or None)."""
+        """At each evaluation; ``checkpoint_dir`` holds this worker's files (or None)."""
+
+    def flush(self) -> None:
+        """After each periodic training log: deliver what was logged so far (under Ray, to the driver)."""
+
+    def publish(self, metrics: dict[str, Any], artifact_dir: Path) -> None:
+        """Once, after the leader wrote the finished run's artefact to ``artifact_dir`` (under Ray it travels to
+        storage, where the driver fetches it; in one process it is already where it belongs)."""
 
 
 def save_state(directory: Path, state: TrainState, ctx: WorkerContext) -> None:
@@ -90,6 +99,12 @@ class LocalReporter:
         score = metrics.get(self.metric)
         self.scores[target] = float(score) if score is not None else None
         self._prune(target)
+
+    def flush(self) -> None:
+        pass
+
+    def publish(self, metrics: dict[str, Any], artifact_dir: Path) -> None:
+        pass
 
     def _prune(self, latest: Path) -> None:
         sign = 1 if self.mode == "max" else -1

@@ -167,3 +167,6 @@ def register(app: typer.Typer) -> None:
     app.command("run-many")(run_many_command)
     app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(submit_command)
     app.add_typer(jobs_app, name="jobs")
+    from protpeft.trainer.runs_cli import runs_app
+
+    app.add_typer(runs_app, name="runs")

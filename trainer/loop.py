@@ -206,6 +206,7 @@ def fit(
                     state.step,
                 )
                 window, window_start, window_examples = [], time.perf_counter(), 0
+                reporter.flush()
             # -- evaluate, checkpoint, report
             if state.step % plan.eval_every == 0 or state.step % plan.checkpoint_every == 0 or final:
                 metrics = evaluate(engine, data, "val", plan, ctx)

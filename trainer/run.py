@@ -35,7 +35,17 @@ from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import build_engine, resolve_precision, resolve_strategy
 from protpeft.trainer.loop import LoopData, evaluate, fit, plan_steps
 
-__all__ = ["RunResult", "run_training"]
+__all__ = ["RunInputs", "RunResult", "run_training"]
+
+
+@dataclass
+class RunInputs:
+    """What a run reads when its driver already has it: the validated task data (sent through Ray's object store
+    instead of read from the driver's files), and the base model's files on this node (a staged copy)."""
+
+    data: TaskData | None = None
+    base_dir: str | None = None
+    """A local directory holding the base model's files; the artefact still names ``cfg.model.base``."""
 
 
 @dataclass
@@ -117,18 +127,30 @@ def run_training(
     resume_from: Path | None = None,
     checkpoint_root: Path | None = None,
     progress: bool = False,
+    inputs: RunInputs | None = None,
+    artifact_dir: Path | None = None,
 ) -> RunResult:
-    """Train ``cfg`` and write its run directory (leader only). Returns final val + test metrics."""
+    """Train ``cfg`` and write its artefact (leader only) to ``artifact_dir`` (default: the run directory), then
+    hand it to ``reporter.publish``. Returns final val + test metrics.
+
+    ``inputs``: what the driver already read (the task data; where the base model's files are on this node).
+    A ``logger`` marked ``on_every_rank`` is called on every worker and writes no ``metrics.jsonl`` here (under Ray
+    the driver writes it); any other logger is the leader's, next to the run directory's ``metrics.jsonl``."""
     started = time.perf_counter()
     ctx = ctx or WorkerContext.local()
+    inputs = inputs or RunInputs()
     run_dir = cfg.run_dir
+    artifact_dir = artifact_dir or run_dir
     checkpoint_root = checkpoint_root or run_dir / "checkpoints"
     tracking_run_id = getattr(logger, "run_id", None)  # recorded in the artefact: its registered versions link to it
-    if ctx.is_leader:
+    if getattr(logger, "on_every_rank", False):
+        pass
+    elif ctx.is_leader:
         logger = MultiLogger(logger or NullLogger(), JsonlLogger(run_dir / "metrics.jsonl"))
-        logger.log_config(cfg.to_dict())
     else:
         logger = NullLogger()
+    if ctx.is_leader:
+        logger.log_config(cfg.to_dict())
     reporter = reporter or LocalReporter(
         checkpoint_root, cfg.engine.keep_checkpoints, cfg.engine.checkpoint_metric, cfg.engine.checkpoint_mode
     )
@@ -136,10 +158,11 @@ def run_training(
     mode = MODES[cfg.mode]
 
     # -- data, tokenizer, backbone
-    data = load_task_data(cfg.task, cfg.data)
-    tokenizer = load_tokenizer(cfg.model.base)
+    data = inputs.data or load_task_data(cfg.task, cfg.data)
+    base_files = inputs.base_dir or cfg.model.base
+    tokenizer = load_tokenizer(base_files)
     tokens = TokenEncoder(tokenizer, cfg.data.crop)
-    backbone = load_backbone(cfg.model.base)
+    backbone = load_backbone(base_files)
     fingerprint = backbone_fingerprint(backbone)
 
     # -- mode: what is trainable; a mode that reads embeddings (frozen) trains on cached ones
@@ -205,10 +228,11 @@ def run_training(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             mlflow_run_id=tracking_run_id,
         )
-        write_artifact(run_dir, artifact, trained.head, saved_backbone, tokenizer)
+        write_artifact(artifact_dir, artifact, trained.head, saved_backbone, tokenizer)
         logger.log_metrics({f"final_{k}": v for k, v in metrics.items()}, state.step)
-        logger.log_run_dir(run_dir, artifact)
+        logger.log_run_dir(artifact_dir, artifact)
     ctx.barrier()
+    reporter.publish({**metrics, "step": state.step, "epoch": state.epoch}, artifact_dir)
     full_model.head = trained.head
     return RunResult(run_dir, metrics, params, state, seconds, memory, embedded, strategy, full_model.cpu())
 

@@ -22,7 +22,7 @@ JOBS.yaml is one of::
 
 Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
 cluster for the job's workers, so what does not fit waits in Ray's queue. A small actor collects progress (state
-from the drivers, step and metrics from each run's rank-0 logger) for the live table. A failing job is recorded as
+from the drivers, step and metrics from each run's tracking callback) for the live table. A failing job is recorded as
 FAILED with its error on one line; the others carry on.
 """
 
@@ -161,7 +161,7 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# progress: an actor the drivers and the rank-0 loggers write to, and the table that shows it
+# progress: an actor the drivers and the tracking callbacks write to, and the table that shows it
 
 
 class ProgressBoard:
@@ -183,7 +183,7 @@ class ProgressBoard:
 
 
 class BoardLogger(NullLogger):
-    """A MetricLogger (in the job's rank-0 worker) that forwards step and the headline metric to the board."""
+    """A MetricLogger (in the job's tracking callback) that forwards step and the headline metric to the board."""
 
     def __init__(self, board: Any, name: str, metric: str) -> None:
         self.board, self.name, self.metric = board, name, metric
@@ -198,10 +198,16 @@ class BoardLogger(NullLogger):
 
 
 class _JobLoggerFactory:
-    """Picklable: in the rank-0 worker, the job's own tracking logger (if any) plus the board logger."""
+    """Picklable: on the driver's node (Ray Train's controller), the job's own tracking logger (if any) plus the
+    board logger."""
 
     def __init__(self, inner: Callable[[], Any] | None, board: Any, name: str, metric: str) -> None:
         self.inner, self.board, self.name, self.metric = inner, board, name, metric
+
+    @property
+    def run_id(self) -> str | None:
+        """The job's MLflow run (recorded in its artefact), if tracked."""
+        return getattr(self.inner, "run_id", None)
 
     def __call__(self) -> Any:
         board_logger = BoardLogger(self.board, self.name, self.metric)
@@ -293,8 +299,13 @@ def run_many(
     output = Path(output or default_output)
     console = console or Console()
     connect(address)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The job drivers run on this machine's node: they read the user's files and write the run directories here,
+    # and their Ray Train controllers (pinned to the driver's node) write the logs and the MLflow store here.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote([(job.name, job.cfg.mode) for job in jobs])
-    driver = ray.remote(num_cpus=0, max_retries=0)(_drive_job)
+    driver = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_drive_job)
     refs = {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's

@@ -135,6 +135,14 @@ class RunStorage:
     def exists(self, rel: str = "") -> bool:
         return self.filesystem.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
+    def remove(self, rel: str) -> None:
+        """Delete the file or directory ``rel`` (recursively); nothing happens when it does not exist."""
+        kind = self.filesystem.get_file_info(self.path(rel)).type
+        if kind == pafs.FileType.Directory:
+            self.filesystem.delete_dir(self.path(rel))
+        elif kind != pafs.FileType.NotFound:
+            self.filesystem.delete_file(self.path(rel))
+
     def upload_dir(self, local: str | os.PathLike, rel: str) -> str:
         """Copy the local directory ``local`` (recursively) to ``rel``; returns its URI."""
         if not Path(local).is_dir():

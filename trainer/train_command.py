@@ -27,6 +27,7 @@ def train_from_cli(
     workers: int | None = None,
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
+    storage: str | None = None,
     local: bool = False,
     resume: Path | None = None,
     register_as: str | None = None,
@@ -41,9 +42,14 @@ def train_from_cli(
     from protpeft.registry.run_lifecycle import tracked_run
 
     options = {"engine.workers": workers, "engine.cpus_per_worker": cpus_per_worker,
-               "engine.gpus_per_worker": gpus_per_worker, "tracking.register_as": register_as,
+               "engine.gpus_per_worker": gpus_per_worker, "engine.storage": storage,
+               "tracking.register_as": register_as,
                "tracking.alias": alias}  # fmt: skip
     cfg = load_config(config, overrides, {k: v for k, v in options.items() if v is not None})
+    if not local:
+        from protpeft.trainer.ray_launch import run_storage
+
+        run_storage(cfg).check()  # unusable storage: one line before an MLflow run or a run directory exists
     with tracked_run(cfg) as run:
         if local:
             summary = _train_here(cfg, run.logger(), resume, progress)

@@ -15,7 +15,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from protpeft.console import ClusterOpt
+from protpeft.console import ClusterOpt, StorageOpt
 
 __all__ = ["register", "tune_app"]
 
@@ -54,6 +54,7 @@ def run_command(
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
     report: Annotated[bool, typer.Option(help="Write the robustness report when the search completes.")] = True,
+    storage: StorageOpt = None,
 ) -> None:
     """Run the hyperparameter search of TUNE_FILE: trials as Ray Train runs, nested MLflow runs, ASHA (optional),
     then trials.json and the robustness report in the experiment directory. Exits 130 when interrupted.
@@ -66,7 +67,13 @@ def run_command(
     if alias and not register_best:
         raise typer.BadParameter("--alias needs --register-best NAME", param_hint="--alias")
     result = run_search(
-        tune_file, address=address, resume=resume, register_best=register_best, alias=alias, report=report
+        tune_file,
+        address=address,
+        resume=resume,
+        storage=storage,
+        register_best=register_best,
+        alias=alias,
+        report=report,
     )
     console.print(trials_table(result.trials, result.best))
     if result.interrupted:

@@ -80,6 +80,18 @@ class TrialContext:
         }
         return spec.trial_config(spec.decode(sampled), identity)
 
+    def train_storage(self) -> Any:
+        """Where the trials' Ray Train runs keep checkpoints and artefacts (a
+        :class:`~protpeft.trainer.storage.RunStorage`): ``<engine.storage>/<experiment>/train`` when the search's
+        base config names a storage, else ``<experiment>/train``."""
+        from protpeft.trainer.storage import RunStorage
+
+        root = (self.search.get("base", {}).get("engine") or {}).get("storage")
+        name = Path(self.experiment_dir).name
+        if root:
+            return RunStorage.parse(f"{str(root).rstrip('/')}/{name}/train")
+        return RunStorage.parse(Path(self.experiment_dir) / "train")
+
     def record_attempt(self, trial_id: str) -> None:
         line = json.dumps({"trial_id": trial_id, "time": round(time.time(), 3), "pid": os.getpid()})
         with open(Path(self.experiment_dir) / "attempts.jsonl", "a") as fh:  # one short append: atomic on POSIX
@@ -136,18 +148,31 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from protpeft.registry.run_lifecycle import tracked_run
-    from protpeft.trainer.ray_launch import TrainingFailed, build_trainer, root_cause
+    from protpeft.trainer.ray_launch import (
+        TrainingFailed,
+        build_trainer,
+        check_inputs,
+        cluster_inputs,
+        finish_run,
+        root_cause,
+    )
 
     trial_id = tune.get_context().get_trial_id()
     cfg = context.trial_config(config, trial_id)
     context.record_attempt(trial_id)
-    storage = Path(context.experiment_dir) / "train"
+    storage = context.train_storage()
+    data = check_inputs(cfg)
+    base, _ = cluster_inputs(cfg, storage)
     with tracked_run(cfg, run=context.tracking(cfg, trial_id)) as run:  # FAILED when the Train run fails
+        if run.logger_factory is not None:
+            run.logger_factory().log_config(cfg.to_dict())
         trainer = build_trainer(
-            cfg, storage, train_run_name(trial_id), run.logger_factory, callbacks=[TuneReportCallback()]
-        )
+            cfg, storage, train_run_name(trial_id), tracking=run.logger_factory, callbacks=[TuneReportCallback()],
+            data=data, base=base, live_logs=False,
+        )  # fmt: skip
         try:
-            trainer.fit()
+            result = trainer.fit()
         except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
             raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
+        finish_run(cfg, result, run.logger_factory)
     tune.report(final_result(cfg, run.run_id))

@@ -115,9 +115,11 @@ def _start_parent_run(search: SearchSpec, uri: str) -> str:
     return run_id
 
 
-def _prepare(tune_file: str | Path, resume: bool) -> tuple[SearchSpec, Path, dict[str, Any]]:
+def _prepare(
+    tune_file: str | Path, resume: bool, storage: str | None = None
+) -> tuple[SearchSpec, Path, dict[str, Any]]:
     """The search, its experiment directory and its saved state (tracking URI, parent run) — created for a new
-    experiment, read back for a resumed one."""
+    experiment, read back for a resumed one. ``storage`` (``--storage``) becomes the trials' ``engine.storage``."""
     from protpeft.trainer.ray_launch import absolute_paths
 
     path = Path(tune_file)
@@ -139,6 +141,8 @@ def _prepare(tune_file: str | Path, resume: bool) -> tuple[SearchSpec, Path, dic
         )
     sample = absolute_paths(search.sample_config())  # a trial runs in Tune's trial directory, not here
     search.base = sample.to_dict()
+    if storage is not None:
+        search.base["engine"]["storage"] = storage
     uri = None
     if sample.tracking.mlflow:
         from protpeft.registry.store import ensure_store
@@ -233,6 +237,7 @@ def run_search(
     *,
     address: str | None = None,
     resume: bool = False,
+    storage: str | None = None,
     register_best: str | None = None,
     alias: str | None = None,
     callbacks: list[Any] | None = None,
@@ -243,6 +248,8 @@ def run_search(
     Args:
         tune_file: a TUNE.yaml; with ``resume`` also its experiment directory.
         address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
+        storage: where the trials' checkpoints and artefacts go (``engine.storage`` of every trial: a directory
+            shared by all nodes, or ``s3://bucket/prefix``; default ``<experiment>/train``).
         resume: continue the experiment: finished trials are kept, unfinished ones continue from their checkpoints.
         register_best: register the best finished trial's run directory under this model name.
         alias: with ``register_best``, the alias the new version gets (e.g. ``champion``).
@@ -258,16 +265,23 @@ def run_search(
     """
     from ray import tune
 
+    from protpeft.trainer.cluster_checks import check_storage_shared, driver_node_pin, other_training_nodes
     from protpeft.trainer.ray_cluster import connect
 
-    search, exp_dir, state = _prepare(tune_file, resume)
+    search, exp_dir, state = _prepare(tune_file, resume, storage)
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
+    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent)
+    train_storage = context.train_storage()
+    train_storage.check()
     connect(address)
     import ray
 
     capacity = trial_capacity(search, ray.cluster_resources())
-    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), DRIVER_RESOURCES)
+    check_storage_shared(train_storage, other_training_nodes())
+    # Trial drivers stay on this machine's node (they read the data, write the trials' run directories and, through
+    # their Ray Train controllers, the MLflow store here); only their training workers spread over the cluster.
+    resources = {**DRIVER_RESOURCES, **driver_node_pin()}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
     if resume:
         if uri is not None and parent is not None:
             from protpeft.registry import store

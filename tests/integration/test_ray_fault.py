@@ -8,7 +8,8 @@
   curve of an uninterrupted run of the data-parallel twin (1 process, batch 2b) within 1e-4 (measured gap ~1e-5;
   see ``test_ray_train.py`` for the tolerance's reasoning).
 
-The kill comes from the run's own rank-0 logger (:class:`KillOnce`), at a chosen step, once per marker file.
+The kill comes from the rank-0 worker itself (:class:`KillOnce` wraps the worker function), at a chosen step, once
+per marker file.
 """
 
 from __future__ import annotations
@@ -23,24 +24,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protpeft.tracking import NullLogger
-
 pytestmark = pytest.mark.integration
 
 
-class KillOnce(NullLogger):
-    """A rank-0 logger that is also its own factory: records each training step it sees as ``pid step`` and
-    SIGKILLs its worker process the first time it sees step ``at`` (once per marker file)."""
+class KillOnce:
+    """A worker function: :func:`~protpeft.trainer.ray_worker.train_worker` whose rank-0 worker records each
+    training step it logs as ``pid step`` and SIGKILLs its own process the first time it logs step ``at`` (once
+    per marker file). It travels to the workers by value (this module is not importable there)."""
 
     def __init__(self, at: int, marker: Path, trail: Path) -> None:
         self.at, self.marker, self.trail = at, Path(marker), Path(trail)
 
-    def __call__(self) -> KillOnce:
-        return self
+    def __call__(self, config: dict) -> None:
+        from protpeft.trainer import ray_worker
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if "train_loss" not in metrics:
-            return
+        log_metrics = ray_worker.RayChannel.log_metrics
+        killer = self
+
+        def logging_then_killing(channel, metrics: dict[str, float], step: int) -> None:
+            log_metrics(channel, metrics, step)
+            if channel.ctx.is_leader and "train_loss" in metrics:
+                killer.saw(step)
+
+        ray_worker.RayChannel.log_metrics = logging_then_killing
+        ray_worker.train_worker(config)
+
+    def saw(self, step: int) -> None:
         with self.trail.open("a") as fh:
             fh.write(f"{os.getpid()} {step}\n")
         if step == self.at and not self.marker.exists():
@@ -87,7 +96,7 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, make_config, tmp
         small=True,
     )
     killer = KillOnce(kill_at, tmp_path / "killed", tmp_path / "trail")
-    summary = launch_training(cfg, logger_factory=killer)
+    summary = launch_training(cfg, worker=killer)
 
     assert (tmp_path / "killed").read_text() == str(kill_at)  # the kill happened
     before, after = killer.segments()  # two worker groups: the killed one and its replacement
@@ -97,7 +106,7 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, make_config, tmp
     assert kill_at - resumed_from <= every  # at most one checkpoint interval trained twice
     assert after == list(range(resumed_from + 1, steps + 1))
     assert summary["steps"] == steps
-    assert Path(summary["checkpoint"]).name == f"step-{steps:08d}"
+    assert Path(summary["checkpoint"]).name == "artifact"  # the last checkpoint: the published artefact
     # the run directory's log continues across the restart without gaps
     assert [s for s, _ in train_losses(summary["run_dir"])] == [
         *range(1, kill_at),
@@ -126,7 +135,7 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
     cfg = make_config("ppi", "full", *common, "optim.batch_size=4", "engine.workers=2", name="resume", small=True)
     killer = KillOnce(3, tmp_path / "killed", tmp_path / "trail")
     with pytest.raises(TrainingFailed, match="failed"):
-        launch_training(cfg, logger_factory=killer)  # max_failures=0: the crash stops the run after step 2's save
+        launch_training(cfg, worker=killer)  # max_failures=0: the crash stops the run after step 2's save
     assert not (cfg.run_dir / "protpeft.json").exists()
     assert cfg.engine.zero_stage == 2 and cfg.engine.strategy == "auto"  # auto: full mode -> DeepSpeed ZeRO-2
 

@@ -1,0 +1,159 @@
+"""``protpeft train`` on the shared-nothing cluster: 2 LoRA workers on two worker nodes that cannot read any of the
+driver's files (config, data, base model, run directory, MLflow store), storage on the S3 server.
+
+The run must come back as if it ran here: the run directory on the driver's side, its predictions equal to the same
+run done in one process (2 workers x batch b vs 1 process x batch 2b: the data-parallel tolerance of
+tests/integration/test_ray_train.py), and the driver's own SQLite MLflow store holding the run and its loss curve.
+Bad storage settings fail before any worker starts, with one line that says what to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+STEPS = 3
+TOLERANCE = 1e-4
+COMMON = (
+    f"optim.max_steps={STEPS}",
+    "optim.grad_accum=2",
+    "engine.log_every=1",
+    "model.head_dropout=0",
+    "lora.dropout=0",
+    "optim.lr=3e-3",
+)
+
+
+def _protpeft(cluster, args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
+    """``protpeft ARGS`` as a user runs it on the driver machine, joined to ``cluster``."""
+    full_env = {**os.environ, **cluster.env(), **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "protpeft", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def _write_config(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str))))
+    return path
+
+
+def _curve(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in records if "train_loss" in r]
+
+
+def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluster, make_config) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from protpeft.data.datasets import load_task_data
+    from protpeft.predict import Predictor
+    from protpeft.trainer.run import run_training
+
+    work = local_cluster.driver_dir / f"lora-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+    cfg = make_config("ppi", "lora", *COMMON, "optim.batch_size=4", f"output_dir={work / 'runs'}",
+                      name="cluster-lora", small=True)  # fmt: skip
+    config_file = _write_config(cfg, work / "lora.yaml")
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    storage = f"s3://{local_cluster.bucket}/runs-{uuid.uuid4().hex[:6]}"
+
+    done = _protpeft(
+        local_cluster,
+        ["train", str(config_file), "--address", local_cluster.gcs_address, "--workers", "2", "--storage", storage],
+        cwd=work,
+        env={"MLFLOW_TRACKING_URI": tracking},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # -- the run directory is here, complete, although no worker could write to this disk
+    run_dir = work / "runs" / "cluster-lora"
+    assert {"protpeft.json", "head.safetensors", "adapter_model.safetensors", "metrics.jsonl"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    artifact = json.loads((run_dir / "protpeft.json").read_text())
+    assert artifact["workers"] == 2 and artifact["steps"] == STEPS
+
+    # -- the same run in one process, batch 2b: same curve, same predictions
+    reference = run_training(
+        make_config("ppi", "lora", *COMMON, "optim.batch_size=8", "engine.strategy=local", name="one-process",
+                    small=True)  # fmt: skip
+    )
+    cluster_curve, local_curve = _curve(run_dir), _curve(reference.run_dir)
+    assert len(cluster_curve) == len(local_curve) == STEPS
+    assert max(abs(a - b) for a, b in zip(cluster_curve, local_curve, strict=True)) < TOLERANCE
+    data = load_task_data(cfg.task, cfg.data)
+    pairs = [tuple(data.sequences[m] for m in e.members) for e in data.splits["test"][:24]]
+    ours = Predictor.from_run_dir(run_dir).predict(pairs=pairs)
+    theirs = Predictor.from_run_dir(reference.run_dir).predict(pairs=pairs)
+    assert np.abs(ours - theirs).max() < TOLERANCE
+
+    # -- any machine can pull the run from storage (here: into another directory)
+    pulled = _protpeft(local_cluster, ["runs", "pull", "cluster-lora", "--storage", storage, "--out", "pulled"], work)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    for name in ("protpeft.json", "head.safetensors", "adapter_model.safetensors"):
+        assert (work / "pulled" / name).read_bytes() == (run_dir / name).read_bytes()
+
+    # -- the driver's MLflow store has the run, its loss curve and the final metrics
+    client = MlflowClient(tracking)
+    run = client.get_run(artifact["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, STEPS + 1))
+    assert "final_val_loss" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach the S3 endpoint"),
+        ({"AWS_SECRET_ACCESS_KEY": "wrong-secret"}, "refused the credentials"),
+        ({}, "does not exist"),
+    ],
+    ids=["wrong-endpoint", "wrong-key", "missing-bucket"],
+)
+def test_bad_storage_fails_before_any_worker_starts(local_cluster, make_config, change, expected) -> None:
+    work = local_cluster.driver_dir / f"bad-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+    cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="bad", small=True)
+    config_file = _write_config(cfg, work / "bad.yaml")
+    bucket = local_cluster.bucket if change else "no-such-bucket"
+    done = _protpeft(
+        local_cluster,
+        ["train", str(config_file), "--address", local_cluster.gcs_address, "--storage", f"s3://{bucket}/x"],
+        cwd=work,
+        env={**change, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (work / "runs").exists()  # nothing written
+
+
+def test_local_storage_on_a_multi_node_cluster_is_refused(local_cluster, make_config) -> None:
+    work = local_cluster.driver_dir / f"local-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+    cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="local", small=True)
+    config_file = _write_config(cfg, work / "local.yaml")
+    done = _protpeft(
+        local_cluster,
+        ["train", str(config_file), "--address", local_cluster.gcs_address],
+        cwd=work,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
+        timeout=180,
+    )
+    assert done.returncode != 0
+    assert "is a directory of this machine only" in done.stderr and "--storage s3://" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
