@@ -162,25 +162,31 @@ def follow_run(
     refresh_s: float = 0.5,
 ) -> Iterator[RunProgress]:
     """While the block runs (e.g. ``trainer.fit()``), show the run's progress line live (Rich), read from
-    ``run_dir/metrics.jsonl``; the last line stays on screen."""
+    ``run_dir/metrics.jsonl``. The last line stays on screen when the run logged anything (a run that failed before
+    its first step leaves only its error)."""
+    from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
+    console = console or Console()
     progress = RunProgress(Path(run_dir) / METRICS_FILE, total=total, metric=metric)
     stop = threading.Event()
-    with Live(Text(f"{name}  starting"), console=console, refresh_per_second=4, transient=False) as live:
+    live = Live(Text(f"{name}  starting"), console=console, refresh_per_second=4, transient=True)
 
-        def refresh() -> None:
-            while not stop.wait(refresh_s):
-                if progress.poll():
-                    live.update(Text(progress_line(name, progress)))
+    def refresh() -> None:
+        while not stop.wait(refresh_s):
+            if progress.poll():
+                live.update(Text(progress_line(name, progress)))
 
-        thread = threading.Thread(target=refresh, name="protpeft-progress", daemon=True)
-        thread.start()
-        try:
-            yield progress
-        finally:
-            stop.set()
-            thread.join()
-            progress.poll()
-            live.update(Text(progress_line(name, progress)))
+    thread = threading.Thread(target=refresh, name="protpeft-progress", daemon=True)
+    live.start()
+    thread.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        thread.join()
+        live.stop()
+        progress.poll()
+        if progress.records:
+            console.print(progress_line(name, progress), highlight=False)

@@ -23,6 +23,10 @@ LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # Ray's 2 s poll delays every checkpoint's registration
     # run-many / tune queue jobs that do not fit yet: their worker groups wait for resources, not 60 s then fail
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400",
+    # Ray starts Python workers `CPUs` at a time (2 here) and warns once 4x that many were started. A run-many job is
+    # three processes (driver task, Train controller, worker), two of them without a CPU request, so three jobs on
+    # two cores already trip that warning; let a few more start at once instead.
+    "RAY_worker_maximum_startup_concurrency": str(max(4, os.cpu_count() or 1)),
 }
 """Ray Train settings for a local instance (its processes inherit this environment); a variable already set wins."""
 

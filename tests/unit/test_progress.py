@@ -97,3 +97,10 @@ def test_quiet_by_default_for_commands_verbose_on_request(monkeypatch) -> None:
     monkeypatch.setenv(VERBOSE_ENV, "1")  # a job submitted with --verbose: its command's default does not undo it
     set_verbosity(False)
     assert verbosity() is True and ray_output(True) == {"logging_level": logging.INFO, "log_to_driver": True}
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_only_its_error(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with pytest.raises(RuntimeError), follow_run(tmp_path, "broken", console=Console(file=out), refresh_s=0.05):
+        raise RuntimeError("bad data")
+    assert out.getvalue() == ""
