@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from protpeft.artifact import RunArtifact, read_artifact
+from protpeft.base_location import resolve_base
 from protpeft.deploy.schemas import (
     StorageReport,
 )
@@ -32,7 +33,6 @@ from protpeft.models.assembly import assemble_task_model, load_checked_base
 from protpeft.models.backbone import load_tokenizer
 from protpeft.predict import Predictor
 from protpeft.registry import ModelVersionInfo
-from protpeft.registry.load import resolve_base
 
 __all__ = ["ModelReleased", "ModelStore", "PredictionJob", "ServedModel", "SharedBase"]
 
@@ -199,10 +199,9 @@ class ModelStore:
         fingerprint = artifact.base_fingerprint
         if fingerprint in self.bases:
             return self.bases[fingerprint]
-        location = resolve_base(artifact, self.base_override)
-        if self.workdir is not None and not Path(location).is_absolute() and (self.workdir / location).is_dir():
-            location = str(self.workdir / location)  # a run's relative model.base, as the driver sees it
-        backbone = load_checked_base(artifact, location, run_dir)
+        # a run's base named relative to the directory it was launched from: as the serving driver sees it
+        location = resolve_base(artifact, self.base_override, workdir=self.workdir, source=run_dir)
+        backbone = load_checked_base(artifact, location, run_dir, given=bool(self.base_override))
         self.bases[fingerprint] = SharedBase(fingerprint, location, backbone, load_tokenizer(location))
         return self.bases[fingerprint]
 

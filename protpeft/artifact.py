@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protpeft.config import Mode, Task
 from protpeft.errors import ProtpeftError
@@ -53,7 +53,7 @@ CHECKPOINTS_DIR = "checkpoints"
 SAFE_SUFFIXES = (".json", ".safetensors", ".txt", ".md", ".jsonl")
 SCHEMA_VERSION = 2
 """2 records ``schema_version`` and ``head_hidden``. A file without ``schema_version`` is version 1; its head width
-is the one its recorded config asked for."""
+is the one its recorded config asked for. ``base_named`` is optional within version 2 (older readers ignore it)."""
 
 
 class ArtifactError(ProtpeftError):
@@ -69,7 +69,12 @@ class RunArtifact(BaseModel):
     task: Task
     mode: Mode
     base_model: str
-    """The base model the run trained on: a hub id or a directory, as the config named it."""
+    """Where the run loaded its base model from: a hub id, or a directory (made absolute when training went
+    through Ray: possibly a Ray job's temporary copy, gone after the job)."""
+    base_named: str | None = None
+    """The base model as the user named it: a hub id, or a path relative to the directory the run was launched
+    from (the ``protpeft submit`` working directory for a job); None in files written before it was recorded.
+    Loading looks for it when ``base_model`` is gone (:func:`~protpeft.base_location.resolve_base`)."""
     base_fingerprint: str
     """:func:`~protpeft.models.backbone.backbone_fingerprint` of the base before training."""
     label_names: tuple[str, ...]
@@ -109,6 +114,16 @@ class RunArtifact(BaseModel):
     @property
     def run_name(self) -> str | None:
         return self.config.get("name") or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_named_from_config(cls, data: Any) -> Any:
+        """Written without ``base_named``: the name its config recorded (``model.base_named``), if any."""
+        if isinstance(data, dict) and data.get("base_named") is None:
+            named = ((data.get("config") or {}).get("model") or {}).get("base_named")
+            if named:
+                data = {**data, "base_named": named}
+        return data
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> RunArtifact:

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from protpeft.console import ClusterOpt, ConfigArg, SetOpt, StorageOpt, console, err_console, print_json
+from protpeft.console import (
+    ClusterOpt,
+    ConfigArg,
+    SetOpt,
+    StorageOpt,
+    VerboseOpt,
+    console,
+    err_console,
+    print_json,
+    set_verbosity,
+)
 from protpeft.errors import ProtpeftError
 
 app = typer.Typer(
@@ -69,8 +79,10 @@ def train(
     ] = None,
     register_as: Annotated[str | None, typer.Option(help="Register the finished run under this model name.")] = None,
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train a model from CONFIG (through Ray Train) and write its run directory."""
+    set_verbosity(verbose)
     from protpeft.trainer.train_command import train_from_cli
 
     outcome = train_from_cli(

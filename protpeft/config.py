@@ -84,12 +84,29 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     base: str = "facebook/esm2_t33_650M_UR50D"
     """Backbone: a Hugging Face hub id or a local directory written by save_pretrained / `protpeft model init-tiny`."""
+    base_named: str | None = None
+    """Set on loading, leave it out: `base` as the user named it (a relative path stays relative to the directory
+    the run was launched from). Launching may resolve `base` to an absolute path that exists only for the run (a Ray
+    job's copy of its working directory); the run's artefact records this name, so the base is found again."""
     pooling: Literal["mean", "cls"] = "mean"
     """How a sequence's token states become one vector: mean over residues, or the <cls> state."""
     head_hidden: int = Field(128, ge=1)
     """Width of the classification head's hidden layer."""
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Dropout before each linear layer of the head."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_base_name(cls, data: Any) -> Any:
+        """``base_named`` = ``base`` as validated. The one pair kept apart is an absolute ``base`` with a relative
+        name (a launch resolved the path; copies made with ``model_copy`` and their dumps keep the name): any other
+        ``base`` is what the user named, even in a config dumped from an earlier run."""
+        if isinstance(data, dict):
+            base = str(data.get("base", cls.model_fields["base"].default))
+            named = data.get("base_named")
+            if named is None or not (Path(base).is_absolute() and not Path(str(named)).expanduser().is_absolute()):
+                data = {**data, "base_named": base}
+        return data
 
 
 class LoraConfig(_Section):

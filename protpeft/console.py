@@ -7,6 +7,7 @@ each other.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +15,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-__all__ = ["ClusterOpt", "ConfigArg", "JobsAddressOpt", "SetOpt", "StorageOpt", "console", "err_console", "print_json"]
+__all__ = [
+    "ClusterOpt",
+    "ConfigArg",
+    "JobsAddressOpt",
+    "SetOpt",
+    "StorageOpt",
+    "VERBOSE_ENV",
+    "VerboseOpt",
+    "console",
+    "err_console",
+    "print_json",
+    "set_verbosity",
+    "verbosity",
+]
 
 # Tables stay readable when output goes to a file or `make`'s log (Rich assumes 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -54,3 +68,36 @@ JobsAddressOpt = Annotated[
     ),
 ]
 """The Ray Jobs API (an HTTP address) that ``submit`` and ``jobs`` talk to: not the cluster address above."""
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Also show Ray's own output (workers, Train controller, checkpoints) and library logs."
+    ),
+]
+
+VERBOSE_ENV = "PROTPEFT_VERBOSE"
+"""``1``: Ray's own lines reach the console; ``0``: only protpeft's progress and errors; unset: Ray's defaults. An
+environment variable, so that a local Ray instance and a submitted job (``protpeft submit --verbose``) inherit it."""
+
+
+def set_verbosity(verbose: bool) -> None:
+    """What a command's ``--verbose`` says, for everything started from this process. Without the flag the console
+    stays quiet unless an outer process asked for verbose (a job submitted with ``--verbose``); quiet also lowers
+    MLflow's own logging (store creation, migrations) to warnings."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
+        os.environ.setdefault(VERBOSE_ENV, "0")
+    if verbosity() is False:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def verbosity() -> bool | None:
+    """True (``--verbose``), False (quiet) or None (no command chose: library defaults)."""
+    value = os.environ.get(VERBOSE_ENV, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    return None

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from protpeft.console import ClusterOpt, JobsAddressOpt, console, err_console
+from protpeft.console import VERBOSE_ENV, ClusterOpt, JobsAddressOpt, VerboseOpt, console, err_console, set_verbosity
 from protpeft.errors import ProtpeftError
 
 __all__ = ["register"]
@@ -47,12 +47,15 @@ def run_many_command(
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
     metric: Annotated[str, typer.Option(help="Final metric that picks the best job (higher is better).")] = "val_aupr",
+    verbose: VerboseOpt = False,
 ) -> None:
     """Launch every job of JOBS.yaml on the cluster at once (each with its own resources; what does not fit
-    waits), show a live table, and write a summary. Exits 1 when a job failed.
+    waits), show a live table (per job: state, step / total, loss, validation metric, ETA), and write a summary.
+    Exits 1 when a job failed.
 
     Example: protpeft run-many configs/demo/jobs.yaml
     """
+    set_verbosity(verbose)
     from protpeft.trainer.run_many import run_many
 
     rows = run_many(jobs, address=address, tracking=_start_tracking, output=output, console=console)
@@ -80,6 +83,9 @@ def submit_command(
     ] = False,
     submission_id: Annotated[str | None, typer.Option(help="Choose the job's id.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end, then print its logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="The job's logs include Ray's own output (as its --verbose).")
+    ] = False,
 ) -> None:
     """Submit a protpeft command to a Ray cluster as a job (Ray Jobs API).
 
@@ -96,6 +102,7 @@ def submit_command(
         address=address,
         working_dir=None if no_working_dir else working_dir,
         submission_id=submission_id,
+        env_vars={VERBOSE_ENV: "1"} if verbose else None,
     )
     console.print(f"submitted {job_id}", highlight=False)
     if wait:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-__all__ = ["connect", "resolve_address"]
+__all__ = ["connect", "ray_output", "resolve_address"]
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 """A local instance moves configs and small results through the object store, never tensors: 1 GiB is plenty
@@ -22,6 +23,10 @@ LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # Ray's 2 s poll delays every checkpoint's registration
     # run-many / tune queue jobs that do not fit yet: their worker groups wait for resources, not 60 s then fail
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400",
+    # Ray starts Python workers `CPUs` at a time (2 here) and warns once 4x that many were started. A run-many job is
+    # three processes (driver task, Train controller, worker), two of them without a CPU request, so three jobs on
+    # two cores already trip that warning; let a few more start at once instead.
+    "RAY_worker_maximum_startup_concurrency": str(max(4, os.cpu_count() or 1)),
 }
 """Ray Train settings for a local instance (its processes inherit this environment); a variable already set wins."""
 
@@ -31,11 +36,25 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> None:
+def ray_output(verbose: bool | None) -> dict[str, Any]:
+    """``ray.init`` settings for the console: quiet (False) shows none of Ray's own lines — workers' and actors'
+    output stays in the session's log files (``log_to_driver=False``: the Train controller, a line per checkpoint
+    report, worker start-up warnings) and the driver logs only Ray's errors; verbose (True) forwards everything and
+    logs Ray's INFO; None keeps the earlier default (output forwarded, Ray's warnings). Worker failures reach the
+    user either way: ``fit()`` raises them and protpeft prints their root cause on one line."""
+    if verbose is None:
+        return {"logging_level": logging.WARNING, "log_to_driver": True}
+    return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool | None = None) -> None:
     """``ray.init`` once per process. A local instance gets the machine's cores (or ``num_cpus``) and a small
     object store (its dashboard stays on: Ray Train's placement-group cleaner polls the state API it serves); an
-    existing cluster is joined as it is."""
+    existing cluster is joined as it is. ``verbose``: see :func:`ray_output`; default from the command's
+    ``--verbose`` (:func:`protpeft.console.verbosity`)."""
     import ray
+
+    from protpeft.console import verbosity
 
     if ray.is_initialized():
         return
@@ -48,7 +67,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
             "(HEAD:6379, auto or ray://HEAD:10001). To run on a remote cluster through the Jobs API use "
             "`protpeft submit --address http://HEAD:8265 -- train ...`"
         )
-    common = {"logging_level": logging.WARNING if quiet else logging.INFO, "log_to_driver": True}
+    common = ray_output(verbosity() if verbose is None else verbose)
     if target == "local":
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)

@@ -21,9 +21,10 @@ JOBS.yaml is one of::
 ``set``. Config paths are relative to the current directory, as for ``protpeft train``.
 
 Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
-cluster for the job's workers, so what does not fit waits in Ray's queue. A small actor collects progress (state
-from the drivers, step and metrics from each run's tracking callback) for the live table. A failing job is recorded as
-FAILED with its error on one line; the others carry on.
+cluster for the job's workers, so what does not fit waits in Ray's queue. The live table shows each job's state
+(set by its driver in a small actor) and its progress, read from its run directory's ``metrics.jsonl``
+(:mod:`protpeft.progress`: step / total, loss, last validation metric, ETA). A failing job is recorded as FAILED with
+its error on one line; the others carry on.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import yaml
 
 from protpeft.config import RunConfig, load_config, read_yaml_mapping, worker_resource_values
 from protpeft.errors import ConfigError
-from protpeft.tracking import MultiLogger, NullLogger
+from protpeft.progress import METRICS_FILE, RunProgress, planned_steps
 
 __all__ = ["Job", "load_jobs", "run_many"]
 
@@ -161,57 +162,21 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# progress: an actor the drivers and the tracking callbacks write to, and the table that shows it
+# progress: each job's state from its driver (a small actor), its steps and metrics from its metrics.jsonl
 
 
 class ProgressBoard:
-    """Latest state, step and metrics of every job (a Ray actor with no resources)."""
+    """The latest state of every job, set by the job drivers (a Ray actor with no resources)."""
 
-    def __init__(self, jobs: list[tuple[str, str]]) -> None:
-        self.rows = {
-            name: {"job": name, "mode": mode, "state": "PENDING", "step": 0, "metric": None} for name, mode in jobs
-        }
+    def __init__(self, names: list[str]) -> None:
+        self.states = dict.fromkeys(names, "PENDING")
 
-    def update(self, name: str, **values: Any) -> None:
-        row = self.rows[name]
-        if row["state"] in TERMINAL and values.get("state") not in TERMINAL:
-            return  # a late progress message never reopens an ended job
-        row.update({k: v for k, v in values.items() if v is not None})
+    def update(self, name: str, state: str) -> None:
+        if self.states[name] not in TERMINAL:  # a late message never reopens an ended job
+            self.states[name] = state
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.rows.values()]
-
-
-class BoardLogger(NullLogger):
-    """A MetricLogger (in the job's tracking callback) that forwards step and the headline metric to the board."""
-
-    def __init__(self, board: Any, name: str, metric: str) -> None:
-        self.board, self.name, self.metric = board, name, metric
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        shown = None
-        if self.metric in metrics:
-            shown = f"{self.metric} {metrics[self.metric]:.4f}"
-        elif "train_loss" in metrics:
-            shown = f"train_loss {metrics['train_loss']:.4f}"
-        self.board.update.remote(self.name, state="RUNNING", step=step, metric=shown)
-
-
-class _JobLoggerFactory:
-    """Picklable: on the driver's node (Ray Train's controller), the job's own tracking logger (if any) plus the
-    board logger."""
-
-    def __init__(self, inner: Callable[[], Any] | None, board: Any, name: str, metric: str) -> None:
-        self.inner, self.board, self.name, self.metric = inner, board, name, metric
-
-    @property
-    def run_id(self) -> str | None:
-        """The job's MLflow run (recorded in its artefact), if tracked."""
-        return getattr(self.inner, "run_id", None)
-
-    def __call__(self) -> Any:
-        board_logger = BoardLogger(self.board, self.name, self.metric)
-        return MultiLogger(self.inner(), board_logger) if self.inner is not None else board_logger
+    def snapshot(self) -> dict[str, str]:
+        return dict(self.states)
 
 
 def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any) -> dict[str, Any]:
@@ -219,15 +184,14 @@ def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any) -> dict[str, Any
     :class:`~protpeft.registry.run_lifecycle.TrackedRun`, or None) and report its end state; never raises."""
     from protpeft.trainer.ray_launch import launch_training, root_cause
 
-    board.update.remote(name, state="STARTING")
+    board.update.remote(name, "STARTING")
     try:
         with _tracked(cfg, run) as tracked:
-            factory = _JobLoggerFactory(tracked.logger_factory, board, name, cfg.engine.checkpoint_metric)
-            summary = launch_training(cfg, logger_factory=factory)
+            summary = launch_training(cfg, logger_factory=tracked.logger_factory)
         summary.update(state="FINISHED", error=None)
     except Exception as err:  # one failing job must not stop the others
         summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
-    board.update.remote(name, state=summary["state"], step=summary.get("steps"))
+    board.update.remote(name, summary["state"])
     summary["mlflow_run_id"] = getattr(run, "run_id", None)
     return summary
 
@@ -244,21 +208,28 @@ def _tracked(cfg: RunConfig, run: Any):
     return tracked_run(cfg, run=run)
 
 
-def _progress_table(rows: list[dict[str, Any]], elapsed: float):
+def _progress_table(jobs: list[Job], states: dict[str, str], progress: dict[str, RunProgress], elapsed: float):
+    """The live view: per job its state, step / total, last training loss, last validation metric and ETA."""
     from rich.table import Table
 
     colours = {"FINISHED": "green", "FAILED": "red", "RUNNING": "cyan", "STARTING": "yellow", "PENDING": "dim"}
+    metrics = {p.metric for p in progress.values()}
+    val_header = metrics.pop() if len(metrics) == 1 else "val metric"
     table = Table(title=f"run-many — {elapsed:.0f}s")
-    for column in ("job", "mode", "state", "step", "metric"):
-        table.add_column(column, justify="right" if column == "step" else "left")
-    for row in rows:
-        state = row["state"]
+    for column in ("job", "mode", "state", "step", "loss", val_header, "ETA"):
+        table.add_column(column, justify="left" if column in ("job", "mode", "state") else "right")
+    for job in jobs:
+        state, cells = states[job.name], progress[job.name].cells()
+        if state == "STARTING" and progress[job.name].records:
+            state = "RUNNING"
         table.add_row(
-            row["job"],
-            row["mode"],
+            job.name,
+            job.cfg.mode,
             f"[{colours.get(state, 'white')}]{state}[/]",
-            str(row["step"] or 0),
-            row.get("metric") or "",
+            cells["step"],
+            cells["loss"],
+            cells["val"],
+            cells["eta"] if state == "RUNNING" else "",
         )
     return table
 
@@ -304,11 +275,14 @@ def run_many(
     # The job drivers run on this machine's node: they read the user's files and write the run directories here,
     # and their Ray Train controllers (pinned to the driver's node) write the logs and the MLflow store here.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote([(job.name, job.cfg.mode) for job in jobs])
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote([job.name for job in jobs])
     driver = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_drive_job)
-    refs = {}
+    refs, progress = {}, {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
+        progress[job.name] = RunProgress(
+            cfg.run_dir / METRICS_FILE, total=planned_steps(cfg), metric=cfg.engine.checkpoint_metric
+        )
         run = tracking(cfg) if tracking is not None else None
         refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run)] = job
 
@@ -324,8 +298,12 @@ def run_many(
                     results[job.name] = ray.get(ref)
                 except Exception as err:  # the driver task itself died
                     results[job.name] = {"state": "FAILED", "error": root_cause(err)}
-                    board.update.remote(job.name, state="FAILED")
-            live.update(_progress_table(ray.get(board.snapshot.remote()), time.perf_counter() - started))
+                    board.update.remote(job.name, "FAILED")
+            for tracker in progress.values():
+                tracker.poll()
+            states = ray.get(board.snapshot.remote())
+            states.update({name: result["state"] for name, result in results.items()})
+            live.update(_progress_table(jobs, states, progress, time.perf_counter() - started))
     ray.kill(board)
     rows = summary_rows(jobs, results)
     write_summary(rows, output)

@@ -56,7 +56,8 @@ def train_from_cli(
         else:
             from protpeft.trainer.ray_launch import launch_training
 
-            summary = launch_training(cfg, address=address, logger_factory=run.logger_factory, resume=resume)
+            with _progress_view(cfg, progress):
+                summary = launch_training(cfg, address=address, logger_factory=run.logger_factory, resume=resume)
     if run.run_id is not None:
         summary["mlflow_run_id"] = run.run_id  # printed: the run a registered version of this directory links to
     outcome = TrainOutcome(summary)
@@ -71,3 +72,17 @@ def _train_here(cfg: RunConfig, logger: Any, resume: Path | None, progress: bool
     if resume is None:
         start_afresh(cfg.run_dir)
     return run_training(cfg, logger=logger, resume_from=resume, progress=progress).summary()
+
+
+def _progress_view(cfg: RunConfig, enabled: bool):
+    """The run's live progress line (step / total, loss, validation metric, ETA) from its ``metrics.jsonl`` while
+    Ray trains it."""
+    if not enabled:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from protpeft.console import console
+    from protpeft.progress import follow_run, planned_steps
+
+    total = planned_steps(cfg)
+    return follow_run(cfg.run_dir, cfg.name, total=total, metric=cfg.engine.checkpoint_metric, console=console)

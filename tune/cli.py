@@ -15,7 +15,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from protpeft.console import ClusterOpt, StorageOpt
+from protpeft.console import ClusterOpt, StorageOpt, VerboseOpt, set_verbosity
 
 __all__ = ["register", "tune_app"]
 
@@ -55,12 +55,14 @@ def run_command(
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
     report: Annotated[bool, typer.Option(help="Write the robustness report when the search completes.")] = True,
     storage: StorageOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the hyperparameter search of TUNE_FILE: trials as Ray Train runs, nested MLflow runs, ASHA (optional),
     then trials.json and the robustness report in the experiment directory. Exits 130 when interrupted.
 
     Example: protpeft tune configs/tune/demo.yaml --register-best demo-tuned
     """
+    set_verbosity(verbose)
     from protpeft.console import console
     from protpeft.tune.experiment import run_search
 

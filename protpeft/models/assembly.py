@@ -1,5 +1,6 @@
 """One way to build a task model: for training (a fresh head on a prepared backbone) and from a run directory
-(its recorded head on the backbone its mode names), with the one base-fingerprint check.
+(its recorded head on the backbone its mode names), with the one place that finds a run's base model
+(:func:`~protpeft.base_location.resolve_base`) and the one base-fingerprint check.
 
 Serving puts adapters on a shared base itself and hands that backbone in; everything after is the same.
 """
@@ -11,7 +12,9 @@ from pathlib import Path
 from torch import nn
 
 from protpeft.artifact import ArtifactError, RunArtifact, read_head
+from protpeft.base_location import BaseModelNotFound, resolve_base
 from protpeft.data.tokens import TokenEncoder
+from protpeft.errors import ProtpeftError
 from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer, quiet_hf
 from protpeft.models.classifier import ClassificationHead, ProteinClassifier, ProteinEncoder
 from protpeft.tasks import TASKS
@@ -49,10 +52,23 @@ def check_base_fingerprint(backbone: nn.Module, artifact: RunArtifact, location:
         )
 
 
-def load_checked_base(artifact: RunArtifact, location: str, source: str | Path) -> nn.Module:
-    """The base backbone at ``location``, checked against the artefact's recorded fingerprint."""
-    backbone = load_backbone(location)
-    check_base_fingerprint(backbone, artifact, location, source)
+def load_checked_base(
+    artifact: RunArtifact, location: str, source: str | Path, *, given: bool = False, check: bool = True
+) -> nn.Module:
+    """The base backbone at ``location``, checked against the artefact's recorded fingerprint (unless ``check`` is
+    False). A recorded location (not ``given`` by the user) that cannot be loaded says how to pass ``--base``."""
+    try:
+        backbone = load_backbone(location)
+    except ProtpeftError as err:
+        if given:
+            raise
+        problem = " ".join(str(err).split())  # one line: hub errors span several
+        raise BaseModelNotFound(
+            f"{source}: {problem} Pass --base <directory or hub id> with this run's base weights (fingerprint "
+            f"{artifact.base_fingerprint})."
+        ) from None
+    if check:
+        check_base_fingerprint(backbone, artifact, location, source)
     return backbone
 
 
@@ -63,8 +79,8 @@ def _run_backbone(artifact: RunArtifact, run_dir: Path, base: str | None, check_
     if mode.own_backbone:
         location = str(run_dir / "backbone")
         return load_backbone(location), load_tokenizer(location)
-    location = base or artifact.base_model
-    backbone = load_checked_base(artifact, location, run_dir) if check_fingerprint else load_backbone(location)
+    location = resolve_base(artifact, base, source=run_dir)
+    backbone = load_checked_base(artifact, location, run_dir, given=bool(base), check=check_fingerprint)
     if mode.adapter:
         from peft import PeftModel
 
@@ -85,8 +101,9 @@ def assemble_task_model(
     """The task model of a (checked) run directory and its tokens, in eval mode.
 
     Args:
-        base: where to load the base model from instead of the recorded ``base_model`` (its fingerprint must
-            match); ignored when the mode carries its own backbone.
+        base: where to load the base model from instead of the recorded one (its fingerprint must match);
+            ignored when the mode carries its own backbone. Without it,
+            :func:`~protpeft.base_location.resolve_base` finds the base.
         backbone, tokenizer: a backbone already prepared for this run (serving's shared base with the run's
             adapter active) and its tokenizer; nothing is loaded then.
     """

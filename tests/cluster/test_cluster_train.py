@@ -64,7 +64,7 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
     work = local_cluster.driver_dir / f"lora-{uuid.uuid4().hex[:6]}"
     work.mkdir(parents=True)
     cfg = make_config("ppi", "lora", *COMMON, "optim.batch_size=4", f"output_dir={work / 'runs'}",
-                      name="cluster-lora", small=True)  # fmt: skip
+                      "tracking.mlflow=true", name="cluster-lora", small=True)  # fmt: skip
     config_file = _write_config(cfg, work / "lora.yaml")
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     storage = f"s3://{local_cluster.bucket}/runs-{uuid.uuid4().hex[:6]}"
@@ -87,8 +87,9 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
 
     # -- the same run in one process, batch 2b: same curve, same predictions
     reference = run_training(
-        make_config("ppi", "lora", *COMMON, "optim.batch_size=8", "engine.strategy=local", name="one-process",
-                    small=True)  # fmt: skip
+        make_config(
+            "ppi", "lora", *COMMON, "optim.batch_size=8", "engine.strategy=local", name="one-process", small=True
+        )  # fmt: skip
     )
     cluster_curve, local_curve = _curve(run_dir), _curve(reference.run_dir)
     assert len(cluster_curve) == len(local_curve) == STEPS

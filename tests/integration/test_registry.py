@@ -205,16 +205,18 @@ def test_corrupted_or_mismatched_artefacts_are_refused(sqlite_store, ppi_runs, t
 
 def test_base_model_from_argument_env_mapping_or_recorded_location(sqlite_store, ppi_runs, tiny_model, tmp_path,
                                                                    monkeypatch):  # fmt: skip
-    from protpeft.registry import RegistryError, load, register_run
+    from protpeft.base_location import BaseModelNotFound
+    from protpeft.registry import load, register_run
 
     expected = ppi_runs["lora"].predictions
-    moved = copy_run_dir(ppi_runs["lora"].run_dir, tmp_path / "moved", base_model="/gone/esm2-tiny")
+    gone, hub = "/gone/esm2-tiny", "lab/esm2-tiny"
+    moved = copy_run_dir(ppi_runs["lora"].run_dir, tmp_path / "moved", base_model=gone, base_named=gone)
     register_run(moved, "ppi-moved")
-    hub_like = copy_run_dir(ppi_runs["lora"].run_dir, tmp_path / "hub", base_model="lab/esm2-tiny")
+    hub_like = copy_run_dir(ppi_runs["lora"].run_dir, tmp_path / "hub", base_model=hub, base_named=hub)
     register_run(hub_like, "ppi-hub")
 
     monkeypatch.delenv("PROTPEFT_BASE_MODEL_DIR", raising=False)
-    with pytest.raises(RegistryError, match="'/gone/esm2-tiny', does not exist.*PROTPEFT_BASE_MODEL_DIR"):
+    with pytest.raises(BaseModelNotFound, match="'/gone/esm2-tiny' not found; pass --base .*PROTPEFT_BASE_MODEL_DIR"):
         load("ppi-moved")
     np.testing.assert_allclose(load("ppi-moved", base=str(tiny_model)).predict(pairs=sample_pairs()), expected,
                                atol=1e-6)  # fmt: skip

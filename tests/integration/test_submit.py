@@ -1,5 +1,6 @@
 """``protpeft submit`` / ``protpeft jobs`` against a real Ray head on 127.0.0.1 with token authentication on:
-submit a training job, wait for it, read its logs; the token is required and never printed.
+submit a training job, wait for it, read its logs; the token is required and never printed. The run's base model,
+shipped in the working dir, is found again on the driver after Ray's copy of that dir is gone.
 
 The head runs in its own process group and temp dir and is stopped by killing that group (never ``ray stop``,
 which would stop every Ray instance on the machine).
@@ -90,7 +91,7 @@ def ray_head() -> Iterator[dict]:
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
-        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env, "temp_dir": temp_dir}
     finally:
         _kill_group(proc, temp_dir)
         log.close()
@@ -103,7 +104,9 @@ def protpeft(*args: str, env: dict, cwd: Path | None = None, timeout: float = 60
     )
 
 
-def test_submit_train_job_with_token_auth(ray_head: dict, make_config, tmp_path: Path) -> None:
+def test_submit_train_job_with_token_auth(
+    ray_head: dict, make_config, tiny_model: Path, small_ppi, tmp_path: Path
+) -> None:
     address, token = ray_head["address"], ray_head["token"]
     client_env = {**ray_head["env"], "COLUMNS": "250"}  # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN, as a user sets them
     no_token_env = {k: v for k, v in client_env.items() if not k.startswith("RAY_AUTH")}
@@ -114,12 +117,14 @@ def test_submit_train_job_with_token_auth(ray_head: dict, make_config, tmp_path:
     assert denied.returncode == 2
     assert "requires token authentication" in denied.stderr and "Traceback" not in denied.stderr
 
-    # -- a training job: its config travels in the working dir and is named by a relative path
+    # -- a training job: its config and base model travel in the working dir, named by relative paths
     cfg = make_config("ppi", "lora", "optim.max_steps=2", "optim.batch_size=8", "engine.workers=1", name="submitted",
                       small=True)  # fmt: skip
     job_dir = tmp_path / "job"
-    job_dir.mkdir()
-    (job_dir / "train.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    shutil.copytree(tiny_model, job_dir / "tiny-esm2")
+    raw = cfg.to_dict()
+    raw["model"] = {**raw["model"], "base": "tiny-esm2", "base_named": None}
+    (job_dir / "train.yaml").write_text(yaml.safe_dump(raw))
     submitted = protpeft(
         "submit",
         "--address",
@@ -151,6 +156,32 @@ def test_submit_train_job_with_token_auth(ray_head: dict, make_config, tmp_path:
     assert stopped.returncode == 0 and "already ended" in stopped.stdout
     meta = json.loads((cfg.run_dir / "protpeft.json").read_text())
     assert meta["steps"] == 2 and meta["workers"] == 1
+
+    # -- the run names its base as the user did; once the job's copy of the working dir is gone, predicting on
+    # the driver finds it from the directory that was shipped, and says how to pass --base from anywhere else
+    assert meta["base_named"] == "tiny-esm2" and meta["base_model"].startswith(ray_head["temp_dir"])
+    ray_copy = Path(meta["base_model"]).parent
+    assert ray_copy.name.startswith("_ray_pkg_")
+    shutil.rmtree(ray_copy)
+    predict = (
+        "predict",
+        str(cfg.run_dir),
+        "--pairs",
+        str(small_ppi["pairs"]),
+        "--sequences",
+        str(small_ppi["sequences"]),
+    )
+    found = protpeft(*predict, "--out", str(tmp_path / "found.tsv"), env=client_env, cwd=job_dir)
+    assert found.returncode == 0, found.stderr
+    elsewhere = protpeft(*predict, "--out", str(tmp_path / "lost.tsv"), env=client_env, cwd=tmp_path)
+    assert elsewhere.returncode == 2 and not (tmp_path / "lost.tsv").exists()
+    error = elsewhere.stderr.strip()
+    assert "base model 'tiny-esm2' not found" in error and "--base" in error and "Traceback" not in error
+    given = protpeft(*predict, "--out", str(tmp_path / "given.tsv"), "--base", str(job_dir / "tiny-esm2"),
+                     env=client_env, cwd=tmp_path)  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert (tmp_path / "given.tsv").read_text() == (tmp_path / "found.tsv").read_text()
+    assert len((tmp_path / "found.tsv").read_text().splitlines()) > 100
 
     for result in (denied, submitted, status, logs, followed, listed, stopped):  # the token never reaches the terminal
         assert token not in result.stdout and token not in result.stderr
