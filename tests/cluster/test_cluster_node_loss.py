@@ -47,8 +47,9 @@ def test_run_survives_losing_a_node_and_resumes_from_object_storage(local_cluste
     config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str))))
     env = {**os.environ, **local_cluster.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
     env.pop("RAY_ADDRESS", None)
+    storage = f"s3://{local_cluster.bucket}/node-loss-{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, "-m", "protpeft", "train", str(config_file), "--address", local_cluster.gcs_address,
-            "--workers", "2", "--storage", f"s3://{local_cluster.bucket}/node-loss-{uuid.uuid4().hex[:6]}"]  # fmt: skip
+            "--workers", "2", "--storage", storage]  # fmt: skip
     log = cfg.run_dir / "metrics.jsonl"
     (lost,) = _alive_ids(local_cluster, "nodeB")
     (survivor,) = _alive_ids(local_cluster, "nodeA")
