@@ -64,6 +64,9 @@ class TrialContext:
     tracking_uri: str | None = None
     """MLflow store; None when the base config turns tracking off."""
     parent_run_id: str | None = None
+    storage: Any = None
+    """The trials' :class:`~protpeft.trainer.storage.RunStorage` (``<engine.storage>/<experiment>/train``), or None
+    for the experiment's own directory."""
 
     @property
     def spec(self) -> SearchSpec:
@@ -81,16 +84,12 @@ class TrialContext:
         return spec.trial_config(spec.decode(sampled), identity)
 
     def train_storage(self) -> Any:
-        """Where the trials' Ray Train runs keep checkpoints and artefacts (a
-        :class:`~protpeft.trainer.storage.RunStorage`): ``<engine.storage>/<experiment>/train`` when the search's
-        base config names a storage, else ``<experiment>/train``."""
+        """Where the trials' Ray Train runs keep checkpoints and artefacts: ``storage`` when the search was started
+        with one (parsed in the user's process, so the filesystem object carries the endpoint and credentials read
+        there: a trial runs where those variables may not be set), else ``<experiment>/train``."""
         from protpeft.trainer.storage import RunStorage
 
-        root = (self.search.get("base", {}).get("engine") or {}).get("storage")
-        name = Path(self.experiment_dir).name
-        if root:
-            return RunStorage.parse(f"{str(root).rstrip('/')}/{name}/train")
-        return RunStorage.parse(Path(self.experiment_dir) / "train")
+        return self.storage if self.storage is not None else RunStorage.parse(Path(self.experiment_dir) / "train")
 
     def record_attempt(self, trial_id: str) -> None:
         line = json.dumps({"trial_id": trial_id, "time": round(time.time(), 3), "pid": os.getpid()})

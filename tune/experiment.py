@@ -156,6 +156,14 @@ def _prepare(
     return search, exp_dir, state
 
 
+def _trial_storage(search: SearchSpec, exp_dir: Path) -> Any:
+    """``<engine.storage>/<experiment>/train`` when the search's base config names a storage, else None."""
+    from protpeft.trainer.storage import RunStorage
+
+    root = (search.base.get("engine") or {}).get("storage")
+    return RunStorage.parse(f"{str(root).rstrip('/')}/{exp_dir.name}/train") if root else None
+
+
 class FinishingASHA(ASHAScheduler):
     """ASHA that lets a trial at its last step (``max_t``) finish.
 
@@ -270,7 +278,7 @@ def run_search(
 
     search, exp_dir, state = _prepare(tune_file, resume, storage)
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
-    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent)
+    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent, _trial_storage(search, exp_dir))
     train_storage = context.train_storage()
     train_storage.check()
     connect(address)

@@ -158,3 +158,21 @@ def test_local_storage_on_a_multi_node_cluster_is_refused(local_cluster, make_co
     assert done.returncode != 0
     assert "is a directory of this machine only" in done.stderr and "--storage s3://" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_job_larger_than_the_cluster_is_refused_before_work(local_cluster, make_config) -> None:
+    work = local_cluster.driver_dir / f"big-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+    cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="big", small=True)
+    config_file = _write_config(cfg, work / "big.yaml")
+    storage = f"s3://{local_cluster.bucket}/big-{uuid.uuid4().hex[:6]}"
+    done = _protpeft(
+        local_cluster,
+        ["train", str(config_file), "--address", local_cluster.gcs_address, "--workers", "3", "--storage", storage],
+        cwd=work,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
+        timeout=180,
+    )
+    assert done.returncode != 0
+    assert "asks for 3 workers x 1 CPU = 3 CPU; the cluster has 2 CPU" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
