@@ -86,6 +86,15 @@ def submit_command(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="The job's logs include Ray's own output (as its --verbose).")
     ] = False,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            help="An environment variable for the job: NAME=VALUE, or NAME to pass this shell's value (repeatable; "
+            "e.g. --env AWS_ENDPOINT_URL --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY --env "
+            "MLFLOW_TRACKING_URI). Values are visible in the cluster's dashboard; never the Ray token.",
+        ),
+    ] = None,
 ) -> None:
     """Submit a protpeft command to a Ray cluster as a job (Ray Jobs API).
 
@@ -95,14 +104,14 @@ def submit_command(
     Clusters with token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or
     ~/.ray/auth_token); the token is sent as a header and never printed.
     """
-    from protpeft.trainer.jobs import job_logs, job_status, submit_job
+    from protpeft.trainer.jobs import job_env, job_logs, job_status, submit_job
 
     job_id = submit_job(
         list(command or []),
         address=address,
         working_dir=None if no_working_dir else working_dir,
         submission_id=submission_id,
-        env_vars={VERBOSE_ENV: "1"} if verbose else None,
+        env_vars={**job_env(env or []), **({VERBOSE_ENV: "1"} if verbose else {})} or None,
     )
     console.print(f"submitted {job_id}", highlight=False)
     if wait:

@@ -22,7 +22,17 @@ from typing import Any
 
 from protpeft.errors import ProtpeftError
 
-__all__ = ["auth_token", "job_client", "job_logs", "job_status", "list_jobs", "stop_job", "submit_job", "tail_logs"]
+__all__ = [
+    "auth_token",
+    "job_client",
+    "job_env",
+    "job_logs",
+    "job_status",
+    "list_jobs",
+    "stop_job",
+    "submit_job",
+    "tail_logs",
+]
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -123,6 +133,28 @@ def _make_client(address: str, headers: dict[str, str] | None):
 
 def job_client(address: str | None = None) -> _Client:
     return _Client(address)
+
+
+def job_env(items: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``--env`` items → the job's environment: ``NAME=VALUE``, or ``NAME`` for this process's value.
+
+    Raises:
+        JobsError: a NAME not set here, a malformed item, or the Ray auth token (the cluster has its own).
+    """
+    environ = dict(os.environ) if environ is None else environ
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise JobsError(f"--env {item}: expected NAME=VALUE or NAME")
+        if name.startswith("RAY_AUTH"):
+            raise JobsError(f"--env {name}: the job must not carry the Ray auth token; the cluster has its own")
+        if not sep:
+            if name not in environ:
+                raise JobsError(f"--env {name}: {name} is not set here; pass --env {name}=VALUE")
+            value = environ[name]
+        out[name] = value
+    return out
 
 
 def submit_job(

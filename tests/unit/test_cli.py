@@ -147,3 +147,16 @@ def test_sub_clis_do_not_import_the_root_cli() -> None:
     for package in ("trainer", "tune", "registry", "deploy"):
         for source in (root / package).glob("*.py"):
             assert "protpeft.cli import" not in source.read_text(), source
+
+
+def test_submit_env_items_take_values_or_this_shells_and_refuse_the_ray_token() -> None:
+    from protpeft.trainer.jobs import JobsError, job_env
+
+    here = {"AWS_ACCESS_KEY_ID": "key", "HOME": "/root"}
+    assert job_env(["AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_URI=http://mlflow:5000"], here) == {
+        "AWS_ACCESS_KEY_ID": "key",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    }
+    for bad, says in [("NOT_SET", "not set here"), ("RAY_AUTH_TOKEN=x", "auth token"), ("=x", "NAME=VALUE")]:
+        with pytest.raises(JobsError, match=says):
+            job_env([bad], here)
