@@ -58,3 +58,111 @@ def test_cache_says_why_it_is_off(make_config, tmp_path: Path) -> None:
     notes = json.loads((result.run_dir / "protpeft.json").read_text())["data_notes"]
     assert "prefix cache off: layer 0 holds trainable parameters (no frozen layers to cache)" in notes
     assert result.embedded_sequences == 0 and not list(tmp_path.glob("prefix-*"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tmp_path: Path) -> None:
+    """Two processes in one gloo group (the process group Ray Train gives its workers, without Ray): DDP with the
+    cache matches DDP without it, and the ranks split the filling."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    common = [*STEPS, f"data.cache_dir={tmp_path / 'cache'}", "engine.strategy=ddp"]
+    configs = [
+        make_config("ppi", "lora", *common, "data.prefix_cache=off", name="off", small=True),
+        make_config("ppi", "lora", *common, name="on", small=True),
+    ]
+    script = Path(__file__).with_name("prefix_ranks.py")
+    port, out = str(_free_port()), str(tmp_path / "out")
+    raw = [json.dumps(c.to_dict()) for c in configs]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, out, *raw]) for r in range(2)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    summaries = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
+    off, on = summaries[0]
+    assert on["steps"] == off["steps"] == 6
+    assert on["losses"] == pytest.approx(off["losses"], abs=1e-5)
+    computed = [s[1]["computed"] for s in summaries]
+    shards = list((tmp_path / "cache").glob("prefix-*/shard-*.safetensors"))
+    stored = [name for shard in shards for name in load_file(shard)]
+    assert min(computed) > 0 and sum(computed) == len(stored) == len(set(stored))  # each its share, none twice
+    for r in range(2):
+        tensors = load_file(f"{out}.rank{r}.safetensors")
+        names = [n.split("/", 1)[1] for n in tensors if n.startswith("0/")]
+        assert any("lora_" in n for n in names)
+        for name in names:
+            torch.testing.assert_close(tensors[f"1/{name}"], tensors[f"0/{name}"], atol=1e-5, rtol=0, msg=name)
+
+
+FILL = """
+import sys, torch
+from protpeft.config import LoraConfig
+from protpeft.data.tokens import TokenEncoder
+from protpeft.models.backbone import load_backbone, load_tokenizer
+from protpeft.models.modes import inject_lora
+from protpeft.models.prefix import PrefixEncoder
+from protpeft.prefix_cache import PrefixCache
+
+model, root, seqs = sys.argv[1], sys.argv[2], sys.argv[3:]
+backbone = inject_lora(load_backbone(model), LoraConfig(last_layers=2))
+tokens = TokenEncoder(load_tokenizer(model))
+prefix = PrefixEncoder(backbone, 2, "mean", tokens.special_ids, None).prefix
+cache = PrefixCache(root, "fp", 2, 1024, torch.float32, max_gb=1.0)
+print(cache.fill(seqs, tokens, prefix, 4, torch.device("cpu")))
+"""
+
+
+def _sequences(n: int) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    return ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(5, 60))) for _ in range(n)]
+
+
+def test_concurrent_jobs_fill_each_sequence_once(tiny_model: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    seqs = _sequences(24)
+    cmd = [sys.executable, "-c", FILL, str(tiny_model), str(tmp_path), *seqs]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    counts = sorted(int(p.communicate(timeout=300)[0].split()[-1]) for p in procs)
+    assert counts == [0, 24]  # the second job waited on the lock and found everything
+
+
+def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_path: Path) -> None:
+    from protpeft.config import LoraConfig
+    from protpeft.data.tokens import TokenEncoder
+    from protpeft.models.backbone import load_backbone, load_tokenizer
+    from protpeft.models.modes import inject_lora
+    from protpeft.models.prefix import PrefixEncoder, prefix_forward
+    from protpeft.prefix_cache import PrefixCache
+
+    backbone = inject_lora(load_backbone(str(tiny_model)), LoraConfig(last_layers=2))
+    tokens = TokenEncoder(load_tokenizer(str(tiny_model)))
+    seqs = _sequences(10)
+    prefix = PrefixEncoder(backbone, 2, "mean", tokens.special_ids, None).prefix
+    fits = sum(tokens.length(s) for s in seqs[:4]) * 64 * 4  # bytes of the first four (fp32, hidden 64)
+    cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=(fits + 100) / 2**30, ram_gb=1e-6)
+    assert cache.fill(seqs, tokens, prefix, 3, torch.device("cpu")) == 4
+    batch = tokens.batch(seqs)
+    keys = [torch.from_numpy(tokens.encode(s)).to(torch.int16).numpy().tobytes() for s in seqs]
+    assert [k in cache for k in keys] == [True] * 4 + [False] * 6
+
+    def compute(rows: list[int]) -> list[torch.Tensor]:
+        return prefix_forward(prefix, batch["input_ids"][rows], batch["attention_mask"][rows])
+
+    states = cache.lookup(keys, compute)
+    assert (cache.read, cache.computed) == (4, 6)
+    for state, expected in zip(states, compute(list(range(10))), strict=True):
+        torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
+    cache.lookup(keys[:4], compute)  # read again through a RAM LRU smaller than one sequence: from the mmap
+    assert (cache.read, cache.computed) == (8, 6)
