@@ -166,3 +166,37 @@ def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_p
         torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
     cache.lookup(keys[:4], compute)  # read again through a RAM LRU smaller than one sequence: from the mmap
     assert (cache.read, cache.computed) == (8, 6)
+
+
+def test_cache_cli_lists_sizes_and_clears_both_kinds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    for name, tensors in {
+        "prefix-abc-k2-crop1024-float32": {"s1": torch.zeros(3, 4), "s2": torch.zeros(5, 4)},
+        "abc-mean-crop1024": {"s1": torch.zeros(4)},
+    }.items():
+        (tmp_path / name).mkdir()
+        save_file(tensors, tmp_path / name / "shard-0.safetensors")
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "protpeft.cli", "cache", *args, "--dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    rows = {r["kind"]: r for r in json.loads(cli("ls", "--json"))}
+    assert (rows["prefix"]["key"], rows["prefix"]["entries"]) == ("abc-k2-crop1024-float32", 2)
+    assert (rows["embedding"]["key"], rows["embedding"]["entries"]) == ("abc-mean-crop1024", 1)
+    sizes = json.loads(cli("du", "--json"))
+    assert (
+        sizes["total"] == sizes["prefix"] + sizes["embedding"] == rows["prefix"]["bytes"] + rows["embedding"]["bytes"]
+    )
+    assert "deleted 1 cache(s)" in cli("clear", "--kind", "prefix", "--yes")
+    assert [p.name for p in tmp_path.iterdir()] == ["abc-mean-crop1024"]
