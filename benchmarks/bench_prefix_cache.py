@@ -10,9 +10,11 @@ crop ``--crop``); one epoch = one pass over them. Three ways, side by side in th
 - protpeft, cache on: the same with ``prefix_cached`` (the run's hook): epoch 1 includes filling the cache (every
   protein of the subset through layers 0..21 once), epoch 2 reads it.
 
-Figure: real residues (no <cls>/<eos>, no padding) per second. Peak memory of one training step (the longest
-batch) is measured in a fresh process per way: the rise of the resident set's high-water mark (reset through
-/proc/self/clear_refs) over the resident set before the step.
+Figure: real residues (no <cls>/<eos>, no padding) per second, the best of ``--repeats`` epochs per way measured
+interleaved (the machine is shared; the cache-on epoch 1, which fills, is measured once). Peak memory of one
+training step (the longest batch) is measured in a fresh process per way, after a warm-up step and returning freed
+memory to the OS: the rise of the resident set's high-water mark (reset through /proc/self/clear_refs) over the
+resident set before the step.
 
     .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 12] [--batch 2] [--crop 512] [--quick]
 """
@@ -20,6 +22,7 @@ batch) is measured in a fresh process per way: the rise of the resident set's hi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import random
@@ -193,6 +196,7 @@ def probe(args: argparse.Namespace) -> None:
         step = lambda b: train_on(engine, collate, data.splits["train"], [b])  # noqa: E731
     step(shortest)  # one-time allocations (optimizer state, kernels) are not the step's working memory
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS: the rise is the step's own
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
     before = _rss_kib("VmRSS")
     step(longest)
@@ -215,6 +219,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=12, help="training pairs in the subset (one epoch)")
     parser.add_argument("--batch", type=int, default=2, help="pairs per step")
     parser.add_argument("--crop", type=int, default=512, help="tokens per protein at most")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved epochs per way; the best is kept")
     parser.add_argument("--quick", action="store_true", help="tiny 4-layer model, LoRA on 2 layers: a smoke run")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -246,30 +251,35 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "residues_per_s": real / seconds,
         }
 
-    rows = []
-    # loop: random batches, one warm-up step, one epoch
+    examples = data.splits["train"]
     loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, crop, cfg.optim.lr)
-    batches = random_batches(n, args.batch, 0)
-    loop.step(pairs_of(data, batches[0]))
-    start = time.perf_counter()
-    for b in batches:
-        loop.step(pairs_of(data, b))
-    rows.append(row("transformers + peft loop", batches, time.perf_counter() - start, 1))
-    del loop
-    # protpeft, cache off
-    engine, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
-    train_on(engine, collate, data.splits["train"], epoch(data, tokens, args.batch, 99)[:1])
+    off, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
+    on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
+    warm = random_batches(n, args.batch, 99)[:1]  # one untimed step each: lazy allocations, kernels
+    loop.step(pairs_of(data, warm[0]))
+    for engine in (off, on):
+        train_on(engine, collate, examples, warm)
     batches = epoch(data, tokens, args.batch, 0)
-    rows.append(row("protpeft, cache off", batches, train_on(engine, collate, data.splits["train"], batches), 1))
-    del engine
-    # protpeft, cache on: epoch 1 fills, epoch 2 reads
-    engine, collate, fill = protpeft_model(cfg, data, tokens, cache=True)
-    train_on(engine, collate, data.splits["train"], epoch(data, tokens, args.batch, 99)[:1])
-    for e in (0, 1):
-        batches = epoch(data, tokens, args.batch, e)
-        seconds = train_on(engine, collate, data.splits["train"], batches) + (fill if e == 0 else 0.0)
-        rows.append(row("protpeft, cache on" + (" (filling)" if e == 0 else ""), batches, seconds, e + 1))
-    del engine
+    filling = row("protpeft, cache on (filling)", batches, fill + train_on(on, collate, examples, batches), 1)
+
+    def loop_epoch(batches: list[list[int]]) -> float:
+        start = time.perf_counter()
+        for b in batches:
+            loop.step(pairs_of(data, b))
+        return time.perf_counter() - start
+
+    best: dict[str, dict] = {}
+    for r in range(args.repeats):  # interleaved, best of each: contention hits every way alike
+        bucketed = epoch(data, tokens, args.batch, r + 1)
+        for way, batches, seconds in (
+            ("transformers + peft loop", random_batches(n, args.batch, r), loop_epoch),
+            ("protpeft, cache off", bucketed, lambda b: train_on(off, collate, examples, b)),
+            ("protpeft, cache on", bucketed, lambda b: train_on(on, collate, examples, b)),
+        ):
+            result = row(way, batches, seconds(batches), "2+" if "on" in way else "any")
+            if way not in best or result["seconds"] < best[way]["seconds"]:
+                best[way] = result
+    rows = [*list(best.values())[:2], filling, best["protpeft, cache on"]]
     memory = {way: step_memory(args, work, way) for way in ("loop", "cache off", "cache on")}
     loop_rate, off_rate, on_rate = (rows[i]["residues_per_s"] for i in (0, 1, 3))
     preset, last = SHAPES["quick" if args.quick else "full"]
@@ -281,6 +291,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "epoch2_vs_loop": on_rate / loop_rate,
             "cache_off_vs_loop": off_rate / loop_rate,
             "fill_seconds": fill,
+            "repeats": f"best of {args.repeats} interleaved epochs per way (filling: once)",
             "peak_step_memory_mib": memory,
             "model": f"{preset} architecture, random weights, LoRA r8 key+value on the last {last} layers, fp32",
             "data": f"E. coli D-SCRIPT pairs: first {n} training pairs ({len(set(data.sequences.values()))} "
