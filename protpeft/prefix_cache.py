@@ -5,7 +5,8 @@ the sequence's cropped token ids (a tensor name). A tensor is one sequence's (le
 stored. Filling is batched, no-grad and length-bucketed, coordinated across workers and jobs by
 :func:`protpeft.shards.coordinated_fill` (a Tune trial never recomputes what another wrote). Reading goes through
 safetensors' memory-mapped ``safe_open`` and a RAM LRU. What the size budget leaves out — or what another node's
-disk holds — is computed on the fly, so the cache only ever changes speed, never results.
+disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where workers do not
+share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class PrefixCache(ShardDir):
             self.write(pending)
 
         mine = coordinated_fill(self, missing, fill, share, barrier, is_leader)
+        # Workers on nodes that do not share this disk found their directory without the others' shares: each
+        # node then fills its own copy (the first of its workers to take the local lock; on a shared disk,
+        # nothing is missing and this is a lookup).
+        mine += coordinated_fill(self, missing, fill)
         self.refresh()
         return len(mine)
 

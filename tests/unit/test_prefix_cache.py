@@ -67,7 +67,8 @@ def _free_port() -> int:
 
 def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tmp_path: Path) -> None:
     """Two processes in one gloo group (the process group Ray Train gives its workers, without Ray): DDP with the
-    cache matches DDP without it, and the ranks split the filling."""
+    cache matches DDP without it, the ranks split the filling, and ranks that do not share a disk each fill their
+    node's copy."""
     import subprocess
     import sys
 
@@ -77,6 +78,15 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
     configs = [
         make_config("ppi", "lora", *common, "data.prefix_cache=off", name="off", small=True),
         make_config("ppi", "lora", *common, name="on", small=True),
+        make_config(
+            "ppi",
+            "lora",
+            *STEPS,
+            f"data.cache_dir={tmp_path / 'local'}",
+            "engine.strategy=ddp",
+            name="nodes",
+            small=True,
+        ),
     ]
     script = Path(__file__).with_name("prefix_ranks.py")
     port, out = str(_free_port()), str(tmp_path / "out")
@@ -84,19 +94,27 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
     procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, out, *raw]) for r in range(2)]
     assert [p.wait(timeout=600) for p in procs] == [0, 0]
     summaries = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
-    off, on = summaries[0]
-    assert on["steps"] == off["steps"] == 6
+    off, on, nodes = summaries[0]
+    assert on["steps"] == off["steps"] == nodes["steps"] == 6
     assert on["losses"] == pytest.approx(off["losses"], abs=1e-5)
+    assert nodes["losses"] == pytest.approx(off["losses"], abs=1e-5)
     computed = [s[1]["computed"] for s in summaries]
     shards = list((tmp_path / "cache").glob("prefix-*/shard-*.safetensors"))
     stored = [name for shard in shards for name in load_file(shard)]
     assert min(computed) > 0 and sum(computed) == len(stored) == len(set(stored))  # each its share, none twice
+    # without a shared disk each node fills its own copy: its rank's share, then the rest
+    for r in range(2):
+        node = [
+            n for shard in (tmp_path / "local").glob(f"node{r}/prefix-*/shard-*.safetensors") for n in load_file(shard)
+        ]
+        assert summaries[r][2]["computed"] == len(node) == len(set(node)) == len(stored)
     for r in range(2):
         tensors = load_file(f"{out}.rank{r}.safetensors")
         names = [n.split("/", 1)[1] for n in tensors if n.startswith("0/")]
         assert any("lora_" in n for n in names)
         for name in names:
-            torch.testing.assert_close(tensors[f"1/{name}"], tensors[f"0/{name}"], atol=1e-5, rtol=0, msg=name)
+            for run in ("1", "2"):
+                torch.testing.assert_close(tensors[f"{run}/{name}"], tensors[f"0/{name}"], atol=1e-5, rtol=0)
 
 
 FILL = """
