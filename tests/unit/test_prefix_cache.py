@@ -215,3 +215,11 @@ def test_cache_cli_lists_sizes_and_clears_both_kinds(tmp_path: Path) -> None:
     )
     assert "deleted 1 cache(s)" in cli("clear", "--kind", "prefix", "--yes")
     assert [p.name for p in tmp_path.iterdir()] == ["abc-mean-crop1024"]
+
+
+def test_yaml_off_switches_the_cache_off(tmp_path: Path) -> None:
+    from protpeft.config import load_config
+
+    (tmp_path / "c.yaml").write_text("data:\n  prefix_cache: off\n")  # YAML 1.1 reads a bare off as false
+    assert load_config(tmp_path / "c.yaml").data.prefix_cache == "off"
+    assert load_config(None).data.prefix_cache == "auto"
