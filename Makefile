@@ -67,6 +67,7 @@ test-integration: install
 bench: install demo-data
 	$(PY) -m benchmarks.bench_bucketing
 	$(PY) -m benchmarks.bench_embedding_cache
+	$(PY) -m benchmarks.bench_prefix_cache
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from protpeft.cache_cli import cache_app
 from protpeft.console import (
     ClusterOpt,
     ConfigArg,
@@ -33,6 +34,7 @@ data_app = typer.Typer(help="Check and generate input data.", no_args_is_help=Tr
 model_app = typer.Typer(help="Backbone checkpoints.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+app.add_typer(cache_app, name="cache")
 
 
 def load_predictor(model: str, base: str | None = None):

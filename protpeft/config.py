@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protpeft.errors import ConfigError
 
@@ -58,6 +58,11 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
+    @field_validator("prefix_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     pairs: Path | None = None
     """PPI pairs: D-SCRIPT layout (headerless `id1 id2 label`) or gold-standard layout (header `p0 p1 label split`)."""
     sequences: Path | None = None
@@ -76,7 +81,12 @@ class DataConfig(_Section):
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many training examples (seeded subsample); for quick runs."""
     cache_dir: Path | None = None
-    """Frozen-mode embedding cache; default ~/.cache/protpeft/embeddings (or $PROTPEFT_CACHE)."""
+    """Frozen-mode embedding cache and LoRA prefix cache; default ~/.cache/protpeft/embeddings (or $PROTPEFT_CACHE)."""
+    prefix_cache: Literal["auto", "off"] = "auto"
+    """LoRA: compute the frozen layers below the lowest adapted one once per sequence and train on their cached
+    output (exact; auto uses it whenever those layers are frozen and dropout-free, and says why not otherwise)."""
+    prefix_cache_max_gb: float = Field(20.0, ge=0)
+    """Disk budget of one prefix cache; sequences beyond it have their prefix computed on the fly."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes."""
 

@@ -1,70 +1,37 @@
 """Frozen mode's embedding cache: each unique sequence goes through the backbone once, ever.
 
 Key = backbone fingerprint + pooling + crop (a directory) + sha1 of the sequence (a tensor name). Embeddings live
-in safetensors shards; a writer adds a new shard through a temporary file + rename, so concurrent jobs (Ray
-workers, Tune trials) never see half-written files, and a file lock makes concurrent jobs embed each sequence once.
+in safetensors shards, filled as :mod:`protpeft.shards` fills both caches: whole shards renamed into place, a file
+lock so concurrent jobs (Ray workers, Tune trials) embed each sequence once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from protpeft.shards import ShardDir, cache_root, coordinated_fill
 
 __all__ = ["EmbeddingCache", "default_cache_root", "sequence_key"]
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("PROTPEFT_CACHE", Path.home() / ".cache" / "protpeft")) / "embeddings"
+    return cache_root()
 
 
 def sequence_key(sequence: str) -> str:
     return hashlib.sha1(sequence.encode()).hexdigest()
 
 
-class EmbeddingCache:
+class EmbeddingCache(ShardDir):
     def __init__(self, root: str | Path | None, fingerprint: str, pooling: str, crop: int) -> None:
-        self.dir = Path(root or default_cache_root()) / f"{fingerprint}-{pooling}-crop{crop}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def lock(self) -> FileLock:
-        """Held while finding and embedding missing sequences, so two jobs never embed the same ones."""
-        return FileLock(str(self.dir / ".lock"))
-
-    def shards(self) -> list[Path]:
-        return sorted(self.dir.glob("shard-*.safetensors"))
-
-    def keys(self) -> set[str]:
-        found: set[str] = set()
-        for shard in self.shards():
-            with safe_open(shard, framework="pt") as fh:
-                found.update(fh.keys())
-        return found
-
-    def load(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        wanted = set(keys)
-        out: dict[str, torch.Tensor] = {}
-        for shard in self.shards():
-            with safe_open(shard, framework="pt") as fh:
-                for key in wanted.intersection(fh.keys()):
-                    out[key] = fh.get_tensor(key)
-        return out
+        super().__init__(cache_root(root) / f"{fingerprint}-{pooling}-crop{crop}")
 
     def store(self, embeddings: dict[str, torch.Tensor]) -> None:
-        if not embeddings:
-            return
-        name = f"shard-{uuid.uuid4().hex}.safetensors"
-        tmp = self.dir / f".{name}.tmp"
-        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in embeddings.items()}, tmp)
-        os.replace(tmp, self.dir / name)
+        self.write({k: v.to(torch.float32) for k, v in embeddings.items()})
 
     def table(
         self,
@@ -83,14 +50,13 @@ class EmbeddingCache:
         """
         unique = sorted(set(sequences.values()))
         key_of = {seq: sequence_key(seq) for seq in unique}
-        with self.lock() if is_leader else nullcontext():
-            barrier()  # the leader holds the lock before anyone looks
-            present = self.keys()
-            barrier()  # every worker saw the same state before anyone writes
-            mine = share([s for s in unique if key_of[s] not in present])
-            if mine:
-                self.store({key_of[s]: v for s, v in zip(mine, embed(mine), strict=True)})
-            barrier()  # all shards written
+
+        def fill(mine: list[str]) -> None:
+            self.store({key_of[s]: v for s, v in zip(mine, embed(mine), strict=True)})
+
+        mine = coordinated_fill(
+            self, lambda present: [s for s in unique if key_of[s] not in present], fill, share, barrier, is_leader
+        )
         loaded = self.load(list(key_of.values()))
         lost = [s for s in unique if key_of[s] not in loaded]
         if lost:

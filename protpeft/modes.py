@@ -34,6 +34,9 @@ class ModeSpec:
     whole backbone in ``backbone/`` (no base needed), or nothing (the recorded base as it is)."""
     files: tuple[str, ...]
     """Files the run directory must hold besides ``head.safetensors``."""
+    prefix_cache: bool = False
+    """Frozen layers below the trained ones can be cached (``data.prefix_cache``): only where the backbone is
+    partly trained (full trains layer 0; frozen caches whole embeddings instead)."""
 
     @property
     def own_backbone(self) -> bool:
@@ -67,6 +70,7 @@ MODES: dict[str, ModeSpec] = {
         group_engine=None,
         holds="adapter",
         files=("adapter_config.json", "adapter_model.safetensors"),
+        prefix_cache=True,
     ),
     "frozen": ModeSpec(
         name="frozen",

@@ -34,6 +34,7 @@ from protpeft.trainer.checkpoints import LocalReporter, Reporter, TrainState, lo
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import build_engine, resolve_precision, resolve_strategy
 from protpeft.trainer.loop import LoopData, evaluate, fit, plan_steps
+from protpeft.trainer.prefix import prefix_cached
 
 __all__ = ["RunInputs", "RunResult", "run_training"]
 
@@ -180,6 +181,7 @@ def run_training(
         collate = IndexCollate(row_of, members)
     else:
         model, collate = full_model, TokenCollate(tokens, data.sequences, members)
+        model, embedded = prefix_cached(cfg, data, model, tokens, fingerprint, ctx)  # LoRA: frozen layers cached
     loop_data = build_loop_data(cfg, data, tokens, collate)
 
     # -- engine, resume, fit

@@ -1,0 +1,305 @@
+"""LoRA training with the prefix cache vs without it vs the plain loop a user would write, on E. coli lengths.
+
+Model: a random ESM-2 150M architecture (30 layers, hidden 640, 20 heads, intermediate 2560), LoRA r8 on key and
+value of the last 8 layers (the paper's recipe), mean pooling + the paper's head, AdamW, fp32, dropout 0 in the
+backbone. Data: a subset of the E. coli D-SCRIPT pairs (seeded random split, the first ``--pairs`` training pairs,
+crop ``--crop``); one epoch = one pass over them. Three ways, side by side in this process, the same pairs:
+
+- loop: transformers ``EsmModel`` + peft, the tokenizer padding all 2B proteins of a random batch together;
+- protpeft, cache off: the run's model, collate and engine (``LocalEngine``), bucketed batches;
+- protpeft, cache on: the same with ``prefix_cached`` (the run's hook): epoch 1 includes filling the cache (every
+  protein of the subset through layers 0..21 once), epoch 2 reads it.
+
+Figure: real residues (no <cls>/<eos>, no padding) per second, the best of ``--repeats`` epochs per way measured
+interleaved (the machine is shared; the cache-on epoch 1, which fills, is measured once). Peak memory of one
+training step (the longest batch) is measured in a fresh process per way, after a warm-up step and returning freed
+memory to the OS: the rise of the resident set's high-water mark (reset through /proc/self/clear_refs) over the
+resident set before the step.
+
+    .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 12] [--batch 2] [--crop 512] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import ROOT, ecoli_or_exit, train_on, write_results
+
+SHAPES = {"full": ("esm2_t30_150M_UR50D", 8), "quick": ("tiny", 2)}
+
+
+# -- the plain transformers + peft loop
+
+
+class PlainLoop:
+    """What a user writes: EsmModel + peft LoRA, tokenizer(padding=True) over both proteins, mean pool, head."""
+
+    def __init__(self, base: str, last_layers: int, crop: int, lr: float) -> None:
+        import peft
+        from transformers import AutoTokenizer, EsmModel
+
+        torch.manual_seed(0)
+        esm = EsmModel.from_pretrained(base, add_pooling_layer=False)
+        n = esm.config.num_hidden_layers
+        lora = peft.LoraConfig(
+            r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["key", "value"],
+            layers_to_transform=list(range(n - last_layers, n)),
+        )  # fmt: skip
+        self.model = peft.get_peft_model(esm, lora)
+        hidden = esm.config.hidden_size
+        self.head = torch.nn.Sequential(torch.nn.Linear(hidden, 128), torch.nn.Tanh(), torch.nn.Linear(128, 1))
+        self.tokenizer, self.crop = AutoTokenizer.from_pretrained(base), crop
+        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=lr)
+
+    def step(self, pairs: list[tuple[str, str, float]]) -> None:
+        seqs = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]
+        batch = self.tokenizer(seqs, padding=True, truncation=True, max_length=self.crop, return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        pooled = pooled.view(2, len(pairs), -1).mean(0)
+        labels = torch.tensor([y for _, _, y in pairs])
+        loss = F.binary_cross_entropy_with_logits(self.head(pooled).squeeze(-1), labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+# -- protpeft's own pieces
+
+
+def setup(args: argparse.Namespace, work: Path):
+    """The config, the subset as TaskData, the tokens and the model checkpoint of the benchmark."""
+    from protpeft.config import load_config
+    from protpeft.data.datasets import TaskData, load_task_data
+    from protpeft.data.tokens import TokenEncoder
+    from protpeft.models.backbone import ESM2_PRESETS, init_tiny, load_tokenizer
+
+    data_dir = ecoli_or_exit()
+    preset, last = SHAPES["quick" if args.quick else "full"]
+    base = work / "model"
+    if not (base / "config.json").is_file():
+        init_tiny(base, *ESM2_PRESETS[preset])
+    cfg = load_config(
+        None,
+        [
+            f"model.base={base}",
+            f"data.pairs={data_dir / 'ecoli_test.tsv'}",
+            f"data.sequences={data_dir / 'ecoli.fasta'}",
+            "data.split.method=random",
+            f"data.crop={args.crop}",
+            f"data.cache_dir={work / 'cache'}",
+            f"lora.last_layers={last}",
+            "lora.dropout=0",
+            f"optim.batch_size={args.batch}",
+            "optim.grad_accum=1",
+            "optim.lr=1e-4",
+        ],
+    )
+    full = load_task_data("ppi", cfg.data)
+    train = full.splits["train"][: args.pairs]
+    sequences = {m: full.sequences[m] for e in train for m in e.members}
+    data = TaskData("ppi", full.label_names, sequences, {"train": train, "val": [], "test": []}, full.fingerprint)
+    return cfg, data, TokenEncoder(load_tokenizer(str(base)), cfg.data.crop)
+
+
+def protpeft_model(cfg, data, tokens, cache: bool):
+    """(engine, collate, seconds spent filling the cache) exactly as ``run_training`` builds them."""
+    from protpeft.data.collate import TokenCollate
+    from protpeft.models.assembly import build_task_model
+    from protpeft.models.backbone import backbone_fingerprint, load_backbone
+    from protpeft.models.modes import apply_mode
+    from protpeft.trainer.context import WorkerContext
+    from protpeft.trainer.engines import LocalEngine
+    from protpeft.trainer.prefix import prefix_cached
+
+    torch.manual_seed(0)
+    ctx = WorkerContext.local("cpu")
+    backbone = load_backbone(str(cfg.model.base))
+    fingerprint = backbone_fingerprint(backbone)
+    model = build_task_model(apply_mode(backbone, "lora", cfg.lora), "ppi", "mean", 128, 0.1, tokens.special_ids)
+    start = time.perf_counter()
+    if cache:
+        model, _ = prefix_cached(cfg, data, model, tokens, fingerprint, ctx)
+    fill = time.perf_counter() - start
+    return LocalEngine(model, cfg, 10**6, ctx), TokenCollate(tokens, data.sequences, 2), fill
+
+
+def epoch(data, tokens, batch: int, seed: int) -> list[list[int]]:
+    from protpeft.data.batching import epoch_batches
+    from protpeft.data.collate import example_lengths
+
+    lengths = example_lengths(data.splits["train"], data.sequences, tokens)
+    return epoch_batches(lengths, batch, seed=0, epoch=seed, bucket=True, megabatch=50)
+
+
+def random_batches(n: int, batch: int, seed: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
+
+
+def residues(data, batches: list[list[int]], crop: int) -> int:
+    examples = data.splits["train"]
+    return sum(min(len(data.sequences[m]), crop - 2) for b in batches for i in b for m in examples[i].members)
+
+
+def padded(data, tokens, batches: list[list[int]]) -> int:
+    """Tokens the backbone computes: each batch's 2B proteins padded to the longest of them (both ways do this)."""
+    examples = data.splits["train"]
+    return sum(
+        2 * len(b) * max(tokens.length(data.sequences[m]) for i in b for m in examples[i].members) for b in batches
+    )
+
+
+def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
+    examples = data.splits["train"]
+    return [(data.sequences[examples[i].members[0]], data.sequences[examples[i].members[1]], examples[i].target[0])
+            for i in batch]  # fmt: skip
+
+
+# -- peak memory of one step, in a fresh process
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def probe(args: argparse.Namespace) -> None:
+    """One training step of ``args.probe`` on the longest batch; prints the step's peak memory rise in MiB."""
+    work = Path(args.work)
+    cfg, data, tokens = setup(args, work)
+    batches = random_batches(len(data.splits["train"]), args.batch, 0)
+    shortest, longest = sorted(batches, key=lambda b: padded(data, tokens, [b]))[:: len(batches) - 1]
+    if args.probe == "loop":
+        loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, cfg.data.crop, cfg.optim.lr)
+        step = lambda b: loop.step(pairs_of(data, b))  # noqa: E731
+    else:
+        engine, collate, _ = protpeft_model(cfg, data, tokens, cache=args.probe == "cache on")
+        step = lambda b: train_on(engine, collate, data.splits["train"], [b])  # noqa: E731
+    step(shortest)  # one-time allocations (optimizer state, kernels) are not the step's working memory
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS: the rise is the step's own
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
+    before = _rss_kib("VmRSS")
+    step(longest)
+    print(json.dumps({"peak_step_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def step_memory(args: argparse.Namespace, work: Path, way: str) -> float:
+    cmd = [sys.executable, "-m", "benchmarks.bench_prefix_cache", "--probe", way, "--work", str(work)]
+    cmd += ["--pairs", str(args.pairs), "--batch", str(args.batch), "--crop", str(args.crop)]
+    cmd += ["--quick"] if args.quick else []
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_mib"]
+
+
+# -- the run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=12, help="training pairs in the subset (one epoch)")
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--crop", type=int, default=512, help="tokens per protein at most")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved epochs per way; the best is kept")
+    parser.add_argument("--quick", action="store_true", help="tiny 4-layer model, LoRA on 2 layers: a smoke run")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe(args)
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    cfg, data, tokens = setup(args, work)
+    n = len(data.splits["train"])
+    crop = cfg.data.crop
+
+    def row(way: str, batches: list[list[int]], seconds: float, epoch_no: int | str) -> dict:
+        real = residues(data, batches, crop)
+        return {
+            "way": way,
+            "epoch": epoch_no,
+            "steps": len(batches),
+            "real_residues": real,
+            "padding_fraction": 1 - real / padded(data, tokens, batches),
+            "seconds": seconds,
+            "residues_per_s": real / seconds,
+        }
+
+    examples = data.splits["train"]
+    loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, crop, cfg.optim.lr)
+    off, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
+    on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
+    warm = random_batches(n, args.batch, 99)[:1]  # one untimed step each: lazy allocations, kernels
+    loop.step(pairs_of(data, warm[0]))
+    for engine in (off, on):
+        train_on(engine, collate, examples, warm)
+    batches = epoch(data, tokens, args.batch, 0)
+    filling = row("protpeft, cache on (filling)", batches, fill + train_on(on, collate, examples, batches), 1)
+
+    def loop_epoch(batches: list[list[int]]) -> float:
+        start = time.perf_counter()
+        for b in batches:
+            loop.step(pairs_of(data, b))
+        return time.perf_counter() - start
+
+    best: dict[str, dict] = {}
+    for r in range(args.repeats):  # interleaved, best of each: contention hits every way alike
+        bucketed = epoch(data, tokens, args.batch, r + 1)
+        for way, batches, seconds in (
+            ("transformers + peft loop", random_batches(n, args.batch, r), loop_epoch),
+            ("protpeft, cache off", bucketed, lambda b: train_on(off, collate, examples, b)),
+            ("protpeft, cache on", bucketed, lambda b: train_on(on, collate, examples, b)),
+        ):
+            result = row(way, batches, seconds(batches), "2+" if "on" in way else "any")
+            if way not in best or result["seconds"] < best[way]["seconds"]:
+                best[way] = result
+    rows = [*list(best.values())[:2], filling, best["protpeft, cache on"]]
+    memory = {way: step_memory(args, work, way) for way in ("loop", "cache off", "cache on")}
+    loop_rate, off_rate, on_rate = (rows[i]["residues_per_s"] for i in (0, 1, 3))
+    preset, last = SHAPES["quick" if args.quick else "full"]
+    write_results(
+        "prefix_cache" + ("_quick" if args.quick else ""),
+        rows,
+        {
+            "epoch2_vs_cache_off": on_rate / off_rate,
+            "epoch2_vs_loop": on_rate / loop_rate,
+            "cache_off_vs_loop": off_rate / loop_rate,
+            "fill_seconds": fill,
+            "repeats": f"best of {args.repeats} interleaved epochs per way (filling: once)",
+            "peak_step_memory_mib": memory,
+            "model": f"{preset} architecture, random weights, LoRA r8 key+value on the last {last} layers, fp32",
+            "data": f"E. coli D-SCRIPT pairs: first {n} training pairs ({len(set(data.sequences.values()))} "
+            f"proteins), crop {crop}, {args.batch} pairs per step",
+            "command": " ".join(["python -m benchmarks.bench_prefix_cache", *sys.argv[1:]]),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

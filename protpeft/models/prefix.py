@@ -1,0 +1,139 @@
+"""LoRA without recomputing the frozen layers: split an ESM backbone at k, the lowest layer holding a trainable
+parameter, into a prefix (embeddings + layers 0..k-1, computed once per sequence, no grad) and a suffix (layers
+k..N-1 + the final layer norm) that trains on the prefix's cached output.
+
+Why the split is exact (transformers' ``modeling_esm``): every prefix computation of a real token depends only on
+its own sequence, never on the padding a batch adds —
+
+- ``token_dropout`` rescales by ``(1 - 0.12) / (1 - masked / length)`` with ``length = attention_mask.sum(-1)``:
+  one factor per sequence, no random mask;
+- the embeddings zero padded positions; rotary positions are ``0..L-1`` for every row (right padding leaves real
+  tokens at the same positions); absolute positions count real tokens only;
+- attention masks padded *keys* out (their softmax weight is exactly 0), so whatever a padded position holds —
+  the prefix's own values in the full forward, zeros in the cached one — never reaches a real token;
+- dropout is off in the prefix (``hidden_dropout_prob = attention_probs_dropout_prob = 0``, checked), and its
+  layers hold no LoRA modules (k is the lowest adapted layer), so it is the same function in train and eval mode.
+
+The suffix runs transformers' own ``EsmModel.forward`` with ``inputs_embeds`` (which skips the embeddings) on a
+*view* of the model that holds only layers k..N-1: the masks, rotary tables and layers are those of the full
+forward, not a re-implementation. The padded positions a collated batch has are filled with zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from protpeft.models.classifier import pool_hidden_states
+
+__all__ = ["PrefixEncoder", "esm_model", "prefix_forward", "prefix_split", "row_key"]
+
+_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def esm_model(backbone: nn.Module) -> nn.Module:
+    """The ``EsmModel`` inside a plain or peft-wrapped backbone (peft injects its adapters into its layers)."""
+    get_base = getattr(backbone, "get_base_model", None)
+    return get_base() if callable(get_base) else backbone
+
+
+def prefix_split(backbone: nn.Module) -> tuple[int, str | None]:
+    """``(k, None)`` when layers 0..k-1 can be cached, else ``(0, why not)`` in a few words.
+
+    k is the lowest encoder layer holding a trainable parameter; every parameter below it (embeddings included)
+    must be frozen and the backbone's dropout off.
+    """
+    esm = esm_model(backbone)
+    layers = getattr(getattr(esm, "encoder", None), "layer", None)
+    if getattr(esm, "embeddings", None) is None or not isinstance(layers, nn.ModuleList):
+        return 0, f"{type(esm).__name__} is not an ESM backbone"
+    config = esm.config
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if getattr(config, key, 0.0):
+            return 0, f"the backbone config has {key} = {getattr(config, key)} (the frozen layers are random)"
+    k = len(layers)
+    for name, param in esm.named_parameters():
+        if not param.requires_grad:
+            continue
+        match = _LAYER.search(name)
+        if match is None and "emb_layer_norm_after" not in name:
+            return 0, f"{name} is trainable (nothing below it is frozen)"
+        if match is not None:
+            k = min(k, int(match.group(1)))
+    if k == 0:
+        return 0, "layer 0 holds trainable parameters (no frozen layers to cache)"
+    return k, None
+
+
+def _view(esm: nn.Module, layers: Sequence[nn.Module], final_norm: bool) -> nn.Module:
+    """A shallow copy of ``esm`` whose encoder runs only ``layers`` (the same module objects: shared weights,
+    shared adapters, moved and switched to train/eval with the real model)."""
+    encoder = copy.copy(esm.encoder)
+    encoder._modules = dict(encoder._modules, layer=nn.ModuleList(layers))
+    if not final_norm:
+        encoder._modules["emb_layer_norm_after"] = None
+    view = copy.copy(esm)
+    view._modules = dict(view._modules, encoder=encoder)
+    return view
+
+
+def row_key(ids: torch.Tensor) -> bytes:
+    """A sequence's identity in the prefix cache: its (cropped) token ids, unpadded. The cache hashes it."""
+    return ids.to("cpu", torch.int16).numpy().tobytes()
+
+
+@torch.no_grad()
+def prefix_forward(prefix: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The prefix's output for each row, unpadded: a list of (length_i, H) tensors."""
+    hidden = prefix(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    lengths = attention_mask.sum(-1).tolist()
+    return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+
+class PrefixEncoder(nn.Module):
+    """A drop-in for :class:`~protpeft.models.classifier.ProteinEncoder` (same inputs, same parameters and state
+    names: only ``backbone`` is a submodule) that reads layers 0..k-1 from ``lookup`` instead of computing them.
+
+    ``lookup(keys, compute)`` returns one (length, H) tensor per row key, calling ``compute(rows)`` (row indices)
+    for those it does not hold.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        k: int,
+        pooling: str,
+        special_ids: tuple[int, ...],
+        lookup: Callable[[list[bytes], Callable[[list[int]], list[torch.Tensor]]], list[torch.Tensor]],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.k, self.pooling, self.special_ids, self.lookup = k, pooling, special_ids, lookup
+        esm = esm_model(backbone)
+        layers = list(esm.encoder.layer)
+        # plain attributes, not submodules: the model's parameters and state dict stay those of ProteinEncoder
+        self.__dict__["prefix"] = _view(esm, layers[:k], final_norm=False)
+        self.__dict__["suffix"] = _view(esm, layers[k:], final_norm=True)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(-1).tolist()
+        keys = [row_key(input_ids[i, :n]) for i, n in enumerate(lengths)]
+
+        def compute(rows: list[int]) -> list[torch.Tensor]:
+            return prefix_forward(self.prefix, input_ids[rows], attention_mask[rows])
+
+        states = self.lookup(keys, compute)
+        hidden = input_ids.new_zeros((*input_ids.shape, self.hidden_size), dtype=states[0].dtype)
+        for i, (state, n) in enumerate(zip(states, lengths, strict=True)):
+            hidden[i, :n] = state.to(hidden.device, non_blocking=True)
+        dtype = next(self.backbone.parameters()).dtype
+        out = self.suffix(inputs_embeds=hidden.to(dtype), attention_mask=attention_mask).last_hidden_state
+        return pool_hidden_states(out, input_ids, attention_mask, self.pooling, self.special_ids)

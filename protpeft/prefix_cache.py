@@ -1,0 +1,153 @@
+"""The LoRA prefix cache: each sequence's hidden states entering layer k, computed once, read memory-mapped.
+
+Key = base fingerprint + k + crop + dtype (a directory beside the embedding caches, named ``prefix-…``) + sha1 of
+the sequence's cropped token ids (a tensor name). A tensor is one sequence's (length, H) states, no padding
+stored. Filling is batched, no-grad and length-bucketed, coordinated across workers and jobs by
+:func:`protpeft.shards.coordinated_fill` (a Tune trial never recomputes what another wrote). Reading goes through
+safetensors' memory-mapped ``safe_open`` and a RAM LRU. What the size budget leaves out — or what another node's
+disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where workers do not
+share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from protpeft.models.prefix import prefix_forward, row_key
+from protpeft.shards import ShardDir, cache_root, coordinated_fill
+
+__all__ = ["PREFIX_DIR", "PrefixCache"]
+
+PREFIX_DIR = "prefix-"
+"""Name prefix of the prefix caches' directories (the embedding caches' directories start with a fingerprint)."""
+SHARD_BYTES = 256 * 2**20
+"""A filling worker writes a shard whenever it holds this much."""
+
+
+def _name(key: bytes) -> str:
+    return hashlib.sha1(key).hexdigest()
+
+
+class PrefixCache(ShardDir):
+    def __init__(
+        self,
+        root: str | Path | None,
+        fingerprint: str,
+        k: int,
+        crop: int,
+        dtype: torch.dtype,
+        max_gb: float,
+        ram_gb: float = 2.0,
+    ) -> None:
+        dtype_name = str(dtype).removeprefix("torch.")
+        super().__init__(cache_root(root) / f"{PREFIX_DIR}{fingerprint}-k{k}-crop{crop}-{dtype_name}")
+        self.dtype, self.max_bytes, self.ram_bytes = dtype, int(max_gb * 2**30), int(ram_gb * 2**30)
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        self._ram: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._ram_used = 0
+        self.read = 0
+        """Sequences read from the cache (disk or RAM)."""
+        self.computed = 0
+        """Sequences whose prefix was computed on the fly (over the budget, or not on this node's disk)."""
+
+    # -- filling
+
+    def fill(
+        self,
+        sequences: Sequence[str],
+        tokens,
+        prefix: torch.nn.Module,
+        batch_size: int,
+        device: torch.device,
+        share: Callable[[list[str]], list[str]] = lambda items: items,
+        barrier: Callable[[], None] = lambda: None,
+        is_leader: bool = True,
+    ) -> int:
+        """Compute and store the prefix of every sequence the cache lacks, most important first (``sequences``'
+        order) while the size budget lasts. Returns how many this process computed."""
+        ids_of = {seq: tokens.encode(seq) for seq in dict.fromkeys(sequences)}
+        name_of = {seq: _name(row_key(torch.from_numpy(ids))) for seq, ids in ids_of.items()}
+        row_bytes = prefix.config.hidden_size * torch.finfo(self.dtype).bits // 8
+
+        def missing(present: set[str]) -> list[str]:
+            budget = self.max_bytes - self.size_bytes()
+            todo, taken = [], set(present)
+            for seq, name in name_of.items():
+                cost = len(ids_of[seq]) * row_bytes
+                if name not in taken and cost <= budget:
+                    todo.append(seq)
+                    taken.add(name)
+                    budget -= cost
+            return sorted(todo, key=lambda s: (len(ids_of[s]), s))  # length buckets: little padding per batch
+
+        def fill(mine: list[str]) -> None:
+            prefix.eval()
+            pending: dict[str, torch.Tensor] = {}
+            held = 0
+            autocast = torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start : start + batch_size]
+                batch = {key: v.to(device) for key, v in tokens.batch(chunk).items()}
+                with autocast:
+                    states = prefix_forward(prefix, batch["input_ids"], batch["attention_mask"])
+                for seq, state in zip(chunk, states, strict=True):
+                    pending[name_of[seq]] = state.to("cpu", self.dtype)
+                    held += state.numel() * state.element_size()
+                if held >= SHARD_BYTES:
+                    self.write(pending)
+                    pending, held = {}, 0
+            self.write(pending)
+
+        mine = coordinated_fill(self, missing, fill, share, barrier, is_leader)
+        # Workers on nodes that do not share this disk found their directory without the others' shares: each
+        # node then fills its own copy (the first of its workers to take the local lock; on a shared disk,
+        # nothing is missing and this is a lookup).
+        mine += coordinated_fill(self, missing, fill)
+        self.refresh()
+        return len(mine)
+
+    # -- reading
+
+    def refresh(self) -> None:
+        """Re-read which shard holds what (after this or another job filled)."""
+        self._where = self.index()
+
+    def __contains__(self, key: bytes) -> bool:
+        return _name(key) in self._where
+
+    def _get(self, name: str) -> torch.Tensor | None:
+        state = self._ram.get(name)
+        if state is not None:
+            self._ram.move_to_end(name)
+            return state
+        shard = self._where.get(name)
+        if shard is None:
+            return None
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = self._handles[shard] = safe_open(shard, framework="pt")  # memory-mapped, kept open
+        state = handle.get_tensor(name)
+        self._ram[name] = state
+        self._ram_used += state.numel() * state.element_size()
+        while self._ram_used > self.ram_bytes and len(self._ram) > 1:
+            _, old = self._ram.popitem(last=False)
+            self._ram_used -= old.numel() * old.element_size()
+        return state
+
+    def lookup(self, keys: list[bytes], compute: Callable[[list[int]], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """One (length, H) state per row key; ``compute(rows)`` supplies those the cache does not hold."""
+        out: list[torch.Tensor | None] = [self._get(_name(key)) for key in keys]
+        absent = [i for i, state in enumerate(out) if state is None]
+        if absent:
+            for i, state in zip(absent, compute(absent), strict=True):
+                out[i] = state.to(self.dtype)
+        self.read += len(keys) - len(absent)
+        self.computed += len(absent)
+        return out  # type: ignore[return-value]
