@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protpeft.errors import ConfigError
 
@@ -131,9 +131,11 @@ class OptimConfig(_Section):
 
 class EngineConfig(_Section):
     strategy: Literal["auto", "local", "ddp", "deepspeed"] = "auto"
-    """auto: DeepSpeed for full mode, DDP for LoRA/frozen (plain single process when not under Ray)."""
+    """auto: plain PyTorch with one worker; with several, DeepSpeed for full mode and DDP for LoRA/frozen."""
     workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float | Literal["auto"] = "auto"
+    """Ray CPUs per worker (Ray sets the worker's threads to it). auto: a node's CPUs shared among the workers that
+    run on it at once (this run's; all jobs' for run-many; max_concurrent trials' for tune), at least 1."""
     gpus_per_worker: float = Field(0, ge=0)
     """Fractions pack several jobs on one GPU (0.25 = four jobs per GPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -154,6 +156,19 @@ class EngineConfig(_Section):
     """Worker-group restarts from the last checkpoint before the run fails (-1: unlimited)."""
     log_every: int = Field(10, ge=1)
     """Log training loss every N optimizer steps."""
+
+    @field_validator("cpus_per_worker", mode="before")
+    @classmethod
+    def _cpus(cls, value: Any) -> float | str:
+        if value == "auto":
+            return value
+        try:
+            cpus = 0.0 if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            cpus = 0.0
+        if not cpus > 0:
+            raise ValueError(f"must be a number of CPUs > 0 or auto, not {value!r}")
+        return cpus
 
 
 class TrackingConfig(_Section):

@@ -267,6 +267,9 @@ def build_trainer(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from protpeft.trainer.resources import node_cpus, with_worker_cpus
+
+    cfg = with_worker_cpus(cfg, node_cpus())  # engine.cpus_per_worker=auto: the node's CPUs among this run's workers
     engine = cfg.engine
     use_gpu = engine.gpus_per_worker > 0
     resources = {"CPU": engine.cpus_per_worker} | ({"GPU": engine.gpus_per_worker} if use_gpu else {})

@@ -18,7 +18,8 @@ JOBS.yaml is one of::
 
 ``resources`` are per training worker: ``CPU`` and ``GPU`` become ``engine.cpus_per_worker`` and
 ``engine.gpus_per_worker`` (fractions pack several jobs on one GPU); ``engine.workers`` comes from the config or
-``set``. Config paths are relative to the current directory, as for ``protpeft train``.
+``set``. Without ``CPU`` (``engine.cpus_per_worker: auto``) the cluster's CPUs are shared by all jobs' workers, at
+least 1 each. Config paths are relative to the current directory, as for ``protpeft train``.
 
 Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
 cluster for the job's workers, so what does not fit waits in Ray's queue. A small actor collects progress (state
@@ -287,6 +288,7 @@ def run_many(
 
     from protpeft.trainer.ray_cluster import connect
     from protpeft.trainer.ray_launch import absolute_paths, root_cause
+    from protpeft.trainer.resources import node_cpus, with_worker_cpus
     from protpeft.trainer.run_summary import summary_rows, summary_table, write_summary
 
     jobs, default_output = load_jobs(jobs_file_or_spec)
@@ -295,9 +297,11 @@ def run_many(
     connect(address)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote([(job.name, job.cfg.mode) for job in jobs])
     driver = ray.remote(num_cpus=0, max_retries=0)(_drive_job)
+    nodes, together = node_cpus(), sum(job.cfg.engine.workers for job in jobs)
     refs = {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
+        cfg = with_worker_cpus(cfg, nodes, together)  # auto: the cluster's CPUs shared by every job's workers
         run = tracking(cfg) if tracking is not None else None
         refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run)] = job
 
