@@ -6,19 +6,22 @@ Same random-weight ESM-2 shapes (8M: 6 layers, hidden 320; 35M: 12 layers, hidde
 neither side is helped by its batching), AdamW, the same threads. LoRA: r 8, alpha 32, key+value of the last 8
 layers (protpeft's defaults). protpeft keeps its own defaults otherwise (gradient clipping 0.2, cosine schedule).
 
-Each side runs in its own process (children of this one, so contention hits all alike); Ray's worker gets its threads
-from Ray (``engine.cpus_per_worker=auto``, no ``OMP_NUM_THREADS`` inherited). Figures:
+Each side runs in its own process (children of this one); Ray's worker gets its threads from Ray
+(``engine.cpus_per_worker=auto``, no ``OMP_NUM_THREADS`` inherited). The sides run in lock-step, one step of one side
+at a time (loop step 1, local step 1, Ray step 1, loop step 2, ...; a :class:`Gate` file handshake, through
+protpeft's metric logger on its side), so load from outside the benchmark is spread over all of them. Figures:
 
 - full, LoRA: steady-state tokens/s, the best step after the first (the loop times its steps; protpeft logs one window
   per step, ``examples_per_s`` in ``metrics.jsonl``);
 - frozen: tokens/s over a whole epoch with each protein seen once, protpeft's whole run (load, embedding cache fill,
-  head training, evaluation) against the loop's steps alone; and the steady state once the cache is filled
+  head training, evaluation; minus the time it waited at the gate) against the loop's steps alone; and the steady
+  state once the cache is filled
   (epoch 2+: head only, vs the loop's backbone forward every step);
 - Ray's start-up apart: launch to summary minus the run's own seconds (the in-worker training);
 - peak RSS of each side's process (Ray: its worker), and for the two in-process sides its growth over the process's
   RSS before the model was built (imports differ between the sides).
 
-    .venv/bin/python -m benchmarks.bench_vs_loop [--shapes 8M 35M] [--modes full lora frozen] [--steps 4] [--quick]
+    .venv/bin/python -m benchmarks.bench_vs_loop [--shapes 8M 35M] [--modes full lora frozen] [--steps 5] [--quick]
 """
 
 from __future__ import annotations
@@ -63,6 +66,57 @@ def write_data(out: Path, train_pairs: int, seed: int = 0) -> dict[str, Path]:
     return {"pairs": out / "pairs.tsv", "sequences": out / "sequences.fasta"}
 
 
+class Gate:
+    """File handshake with the parent: ``ready`` when the side can start, ``done-K`` after step K, and before step K
+    (K >= 1) wait for ``go-K``. Time spent waiting is counted in ``blocked`` (kept out of every figure)."""
+
+    def __init__(self, directory: str, side: str, steps: int) -> None:
+        self.directory, self.side, self.steps = Path(directory), side, steps
+        self.blocked = 0.0
+
+    def _mark(self, name: str) -> None:
+        (self.directory / f"{self.side}-{name}").write_text(json.dumps({"blocked": self.blocked}))
+
+    def wait(self, step: int) -> None:
+        """Before ``step``: tell the parent (``ready`` for step 1), then wait for its go."""
+        if step == 1:
+            self._mark("ready")
+        go = self.directory / f"{self.side}-go-{step}"
+        started = time.perf_counter()
+        while not go.exists():
+            time.sleep(0.005)
+        self.blocked += time.perf_counter() - started
+
+    def done(self, step: int) -> None:
+        self._mark(f"done-{step}")
+        if step < self.steps:
+            self.wait(step + 1)
+
+
+class GateLogger:
+    """protpeft's side of the gate, as a metric logger: ``log_config`` (the start of ``run_training``) waits for
+    step 1, each training window (one per step) marks its step done and waits for the next."""
+
+    def __init__(self, directory: str, side: str, steps: int) -> None:
+        self.gate = Gate(directory, side, steps)
+
+    def __call__(self) -> GateLogger:  # a picklable logger factory for Ray's rank-0 worker
+        return self
+
+    def log_config(self, config: dict) -> None:
+        self.gate.wait(1)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if "examples_per_s" in metrics:
+            self.gate.done(step)
+
+    def log_run_dir(self, run_dir, artifact) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -74,7 +128,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_loop(model: str, data: Path, mode: str, steps: int) -> dict:
+def run_loop(model: str, data: Path, mode: str, steps: int, gate: Gate) -> dict:
     from benchmarks.peer_loop import PeerLoop
 
     sequences: dict[str, str] = {}
@@ -87,10 +141,12 @@ def run_loop(model: str, data: Path, mode: str, steps: int) -> dict:
     base = rss_mb()
     loop = PeerLoop(model, mode)
     times = []
-    for start in range(0, steps * PAIRS, PAIRS):
-        batch = train[start : start + PAIRS]
+    gate.wait(1)
+    for step in range(1, steps + 1):
+        batch = train[(step - 1) * PAIRS : step * PAIRS]
         a, b = [sequences[r[0]] for r in batch], [sequences[r[1]] for r in batch]
         times.append(loop.step(a, b, [float(r[2]) for r in batch]))
+        gate.done(step)
     return {"step_s": times, "peak_mb": peak_rss_mb(), "base_mb": base}
 
 
@@ -127,17 +183,17 @@ def windows(run_dir: Path) -> list[float]:
     return [r["examples_per_s"] for r in records if "examples_per_s" in r]
 
 
-def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int) -> dict:
+def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int, gate: GateLogger) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-vs-loop-{side}-"))
     cfg = protpeft_config(model, data, mode, steps, work, f"{side}-{mode}")
     if side == "local":
         from protpeft.trainer.run import run_training
 
         base = rss_mb()
-        result = run_training(cfg)
+        result = run_training(cfg, logger=gate)
         return {
             "examples_per_s": windows(result.run_dir),
-            "seconds": result.seconds,
+            "seconds": result.seconds - gate.gate.blocked,
             "peak_mb": result.peak_memory_mb,
             "base_mb": base,
             "strategy": result.strategy,
@@ -147,12 +203,13 @@ def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int) -> di
 
     started = time.perf_counter()
     connect(num_cpus=torch.get_num_threads())
-    summary = launch_training(cfg)
+    summary = launch_training(cfg, logger_factory=gate)
     wall = time.perf_counter() - started
+    blocked = json.loads((Path(gate.gate.directory) / f"ray-done-{steps}").read_text())["blocked"]
     return {
         "examples_per_s": windows(Path(summary["run_dir"])),
-        "seconds": summary["seconds"],
-        "wall_s": wall,
+        "seconds": summary["seconds"] - blocked,
+        "wall_s": wall - blocked,
         "peak_mb": summary["peak_memory_mb"],
         "strategy": summary["strategy"],
         "cpus_per_worker": json.loads((Path(summary["run_dir"]) / "protpeft.json").read_text())["config"]["engine"][
@@ -164,23 +221,43 @@ def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int) -> di
 def run_side(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.side == "loop":
-        out = run_loop(args.model, Path(args.data), args.mode, args.steps)
+        out = run_loop(args.model, Path(args.data), args.mode, args.steps, Gate(args.gate, "loop", args.steps))
     else:
-        out = run_protpeft(args.side, args.model, Path(args.data), args.mode, args.steps)
+        gate = GateLogger(args.gate, args.side, args.steps)
+        out = run_protpeft(args.side, args.model, Path(args.data), args.mode, args.steps, gate)
     Path(args.result).write_text(json.dumps(out))
 
 
-def side_process(side: str, model: Path, data: Path, mode: str, steps: int, threads: int) -> dict:
-    """One side in a child process; Ray's child gets no OMP_NUM_THREADS, so its worker's threads are Ray's."""
-    result = Path(tempfile.mkdtemp(prefix="bench-side-")) / "result.json"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    if side != "ray":
-        env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "benchmarks.bench_vs_loop", "--side", side, "--model", str(model)]
-    command += ["--data", str(data), "--mode", mode, "--steps", str(steps), "--threads", str(threads)]
-    command += ["--result", str(result)]
-    subprocess.run(command, check=True, cwd=ROOT, env=env)
-    return json.loads(result.read_text())
+def run_sides(sides: list[str], model: Path, data: Path, mode: str, steps: int, threads: int) -> dict[str, dict]:
+    """Every side in its own child process, in lock-step (see the module docstring). Ray's child gets no
+    OMP_NUM_THREADS, so its worker's threads are Ray's."""
+    gate = Path(tempfile.mkdtemp(prefix="bench-gate-"))
+    children = {}
+    for side in sides:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if side != "ray":
+            env["OMP_NUM_THREADS"] = str(threads)
+        command = [sys.executable, "-m", "benchmarks.bench_vs_loop", "--side", side, "--model", str(model)]
+        command += ["--data", str(data), "--mode", mode, "--steps", str(steps), "--threads", str(threads)]
+        command += ["--gate", str(gate), "--result", str(gate / f"{side}.json")]
+        children[side] = subprocess.Popen(command, cwd=ROOT, env=env)
+
+    def wait_for(side: str, name: str) -> None:
+        while not (gate / f"{side}-{name}").exists():
+            if children[side].poll() is not None:
+                raise SystemExit(f"the {side} side exited ({children[side].returncode}) before {name}")
+            time.sleep(0.005)
+
+    for side in sides:
+        wait_for(side, "ready")  # imports, Ray start-up: before any timed work
+    for step in range(1, steps + 1):
+        for side in sides:
+            (gate / f"{side}-go-{step}").touch()
+            wait_for(side, f"done-{step}")
+    for side, child in children.items():
+        if child.wait() != 0:
+            raise SystemExit(f"the {side} side failed ({child.returncode})")
+    return {side: json.loads((gate / f"{side}.json").read_text()) for side in sides}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -222,14 +299,14 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["8M", "35M"], choices=list(SHAPES))
     parser.add_argument("--modes", nargs="+", default=["full", "lora", "frozen"], choices=["full", "lora", "frozen"])
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run; the first is warm-up")
     parser.add_argument("--frozen-steps", type=int, default=12, help="steps of a frozen run (cheap steps)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke test: the tiny shape, LoRA, loop and --local")
     parser.add_argument("--name", default="vs_loop", help="results file name under benchmarks/results/")
     # one side in a child process (used by the benchmark itself)
     parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
-    for hidden in ("--model", "--data", "--mode", "--result"):
+    for hidden in ("--model", "--data", "--mode", "--gate", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -257,7 +334,7 @@ def main() -> None:
         for mode in args.modes:
             steps = args.frozen_steps if mode == "frozen" else args.steps
             data = write_data(work / f"data-{steps}", steps * PAIRS)["pairs"].parent
-            results = {side: side_process(side, model, data, mode, steps, args.threads) for side in args.sides}
+            results = run_sides(args.sides, model, data, mode, steps, args.threads)
             rows += rows_for(shape, mode, results, steps)
             print(json.dumps(rows[-1]), flush=True)
     notes = {
@@ -266,7 +343,8 @@ def main() -> None:
         "steady": f"best step of {args.steps - WARMUP} after {WARMUP} warm-up step(s); frozen runs "
         f"{args.frozen_steps} steps",
         "frozen epoch 1": "protpeft's whole run (load, cache fill, head steps, val+test) vs the loop's steps alone",
-        "ray_startup_s": "launch_training call to summary, minus the in-worker run seconds (ray.init included)",
+        "ray_startup_s": "launch_training call to summary, minus the in-worker run seconds and gate waits (ray.init "
+        "included; it overlaps the other sides' start-up)",
         "peak_mb": "peak RSS of the side's process (ray: its training worker); growth: over RSS before the model",
         "strategy": {side: results[side].get("strategy", "plain loop") for side in results},
         "ray cpus_per_worker": results.get("ray", {}).get("cpus_per_worker"),
