@@ -65,6 +65,7 @@ test-integration: install
 	$(PY) -m pytest -q -m integration
 
 bench: install demo-data
+	$(PY) -m benchmarks.bench_vs_loop
 	$(PY) -m benchmarks.bench_bucketing
 	$(PY) -m benchmarks.bench_embedding_cache
 	$(PY) -m benchmarks.bench_prefix_cache

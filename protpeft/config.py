@@ -158,9 +158,11 @@ class OptimConfig(_Section):
 
 class EngineConfig(_Section):
     strategy: Literal["auto", "local", "ddp", "deepspeed"] = "auto"
-    """auto: DeepSpeed for full mode, DDP for LoRA/frozen (plain single process when not under Ray)."""
+    """auto: plain PyTorch with one worker; with several, DeepSpeed for full mode and DDP for LoRA/frozen."""
     workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float | Literal["auto"] = "auto"
+    """Ray CPUs per worker (Ray sets the worker's threads to it). auto: a node's CPUs shared among the workers that
+    run on it at once (this run's; all jobs' for run-many; max_concurrent trials' for tune), at least 1."""
     gpus_per_worker: float = Field(0, ge=0)
     """Fractions pack several jobs on one GPU (0.25 = four jobs per GPU)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -185,6 +187,19 @@ class EngineConfig(_Section):
     """Where Ray keeps checkpoints and the finished artefact: a directory (shared by every node on a multi-node
     cluster) or an object store, ``s3://BUCKET/PREFIX`` (endpoint and keys from ``AWS_ENDPOINT_URL``,
     ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``). Default: ``<output_dir>/ray_results``."""
+
+    @field_validator("cpus_per_worker", mode="before")
+    @classmethod
+    def _cpus(cls, value: Any) -> float | str:
+        if value == "auto":
+            return value
+        try:
+            cpus = 0.0 if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            cpus = 0.0
+        if not cpus > 0:
+            raise ValueError(f"must be a number of CPUs > 0 or auto, not {value!r}")
+        return cpus
 
 
 class TrackingConfig(_Section):

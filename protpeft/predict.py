@@ -11,6 +11,7 @@ import torch
 
 from protpeft.artifact import RunArtifact, check_artifact_files
 from protpeft.data.alphabet import first_bad_letter, normalize_sequence
+from protpeft.data.collate import member_inputs
 from protpeft.data.tokens import TokenEncoder
 from protpeft.models.assembly import assemble_task_model
 from protpeft.models.classifier import ProteinClassifier
@@ -53,8 +54,8 @@ def predict_batches(
     out = np.zeros((len(examples), model.head.net[-1].out_features), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        members = [examples[i][m] for m in range(model.members) for i in idx]  # member-major, as in training
-        inputs = {k: v.to(device) for k, v in tokens.batch(members).items()}
+        columns = [[examples[i][m] for i in idx] for m in range(model.members)]
+        inputs = {k: v.to(device) for k, v in member_inputs(tokens, columns).items()}  # as in training
         out[idx] = torch.sigmoid(model(**inputs).float()).cpu().numpy()
     return out
 

@@ -43,14 +43,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_strategy(cfg: RunConfig, ctx: WorkerContext) -> str:
-    """auto → the mode's engine under a process group (DeepSpeed for full fine-tuning), else DDP when distributed
-    (LoRA/frozen), plain in one process."""
+    """auto → plain PyTorch with one worker (in one process or a 1-worker Ray run alike); with several, the mode's
+    engine (DeepSpeed for full fine-tuning), else DDP. One worker never gets DeepSpeed unasked: ZeRO shards nothing
+    across one rank, and its engine measured 0.85-0.89x the plain one here, plus 30-50 s of start-up."""
     if cfg.engine.strategy != "auto":
         return cfg.engine.strategy
-    group_engine = MODES[cfg.mode].group_engine
-    if group_engine is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return group_engine
-    return "ddp" if ctx.distributed else "local"
+    if not ctx.distributed:
+        return "local"
+    return MODES[cfg.mode].group_engine or "ddp"
 
 
 class LocalEngine:

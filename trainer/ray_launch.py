@@ -120,7 +120,9 @@ def build_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from protpeft.trainer.driver_tracking import TrackingCallback
+    from protpeft.trainer.resources import node_cpus, with_worker_cpus
 
+    cfg = with_worker_cpus(cfg, node_cpus())  # engine.cpus_per_worker=auto: the node's CPUs among this run's workers
     engine = cfg.engine
     use_gpu = engine.gpus_per_worker > 0
     resources = {"CPU": engine.cpus_per_worker} | ({"GPU": engine.gpus_per_worker} if use_gpu else {})
@@ -162,8 +164,9 @@ def cluster_inputs(cfg: RunConfig, storage: RunStorage) -> tuple[StagedDir | Non
         ClusterError / StorageError: one line saying what to pass instead.
     """
     from protpeft.trainer.cluster_checks import check_resources, check_storage_shared, other_training_nodes
+    from protpeft.trainer.resources import node_cpus, with_worker_cpus
 
-    check_resources(cfg)
+    check_resources(with_worker_cpus(cfg, node_cpus()))
     others = other_training_nodes()
     check_storage_shared(storage, others)
     base = Path(cfg.model.base)

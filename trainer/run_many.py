@@ -18,7 +18,8 @@ JOBS.yaml is one of::
 
 ``resources`` are per training worker: ``CPU`` and ``GPU`` become ``engine.cpus_per_worker`` and
 ``engine.gpus_per_worker`` (fractions pack several jobs on one GPU); ``engine.workers`` comes from the config or
-``set``. Config paths are relative to the current directory, as for ``protpeft train``.
+``set``. Without ``CPU`` (``engine.cpus_per_worker: auto``) the cluster's CPUs are shared by all jobs' workers, at
+least 1 each. Config paths are relative to the current directory, as for ``protpeft train``.
 
 Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
 cluster for the job's workers, so what does not fit waits in Ray's queue. The live table shows each job's state
@@ -264,6 +265,7 @@ def run_many(
 
     from protpeft.trainer.ray_cluster import connect
     from protpeft.trainer.ray_launch import absolute_paths, root_cause
+    from protpeft.trainer.resources import node_cpus, with_worker_cpus
     from protpeft.trainer.run_summary import summary_rows, summary_table, write_summary
 
     jobs, default_output = load_jobs(jobs_file_or_spec)
@@ -277,9 +279,11 @@ def run_many(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote([job.name for job in jobs])
     driver = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_drive_job)
+    nodes, together = node_cpus(), sum(job.cfg.engine.workers for job in jobs)
     refs, progress = {}, {}
     for job in jobs:
         cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
+        cfg = with_worker_cpus(cfg, nodes, together)  # auto: the cluster's CPUs shared by every job's workers
         progress[job.name] = RunProgress(
             cfg.run_dir / METRICS_FILE, total=planned_steps(cfg), metric=cfg.engine.checkpoint_metric
         )

@@ -22,7 +22,9 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from protpeft.config import apply_overrides
 from protpeft.errors import ProtpeftError
+from protpeft.trainer.resources import node_cpus, worker_cpus
 from protpeft.trainer.run_summary import best_row
 from protpeft.tune.driver import DRIVER_RESOURCES, TRIAL_TAG, TrialContext, train_trial
 from protpeft.tune.ledger import (
@@ -38,7 +40,15 @@ from protpeft.tune.ledger import (
 )
 from protpeft.tune.space import SearchSpec, load_search, restore_search
 
-__all__ = ["ExperimentResult", "FinishingASHA", "TrialLedger", "collect_trials", "run_search", "trial_capacity"]
+__all__ = [
+    "ExperimentResult",
+    "FinishingASHA",
+    "TrialLedger",
+    "collect_trials",
+    "run_search",
+    "trial_capacity",
+    "with_trial_cpus",
+]
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.json"
@@ -68,15 +78,17 @@ class ExperimentResult:
 # set-up: the search, its directory, its MLflow parent run
 
 
-def trial_capacity(search: SearchSpec, cluster: dict[str, float]) -> int:
+def trial_capacity(search: SearchSpec, cluster: dict[str, float], nodes: list[float] | None = None) -> int:
     """``max_concurrent``, capped by how many trials' workers fit in the cluster's CPUs and GPUs at once.
+    ``nodes``: CPUs of each node, for ``engine.cpus_per_worker=auto`` (default: the cluster as one node).
 
     Raises:
         ProtpeftError: one trial needs more than the cluster has.
     """
     engine = search.sample_config().engine
     cap = search.spec.search.max_concurrent
-    for resource, per_worker in (("CPU", engine.cpus_per_worker), ("GPU", engine.gpus_per_worker)):
+    cpus = worker_cpus(engine, nodes or [cluster.get("CPU", 0)], engine.workers * cap)
+    for resource, per_worker in (("CPU", cpus), ("GPU", engine.gpus_per_worker)):
         need = engine.workers * per_worker
         if need <= 0:
             continue
@@ -88,6 +100,16 @@ def trial_capacity(search: SearchSpec, cluster: dict[str, float]) -> int:
             )
         cap = min(cap, fits)
     return cap
+
+
+def with_trial_cpus(search: SearchSpec, nodes: list[float]) -> SearchSpec:
+    """``engine.cpus_per_worker=auto`` resolved once for every trial: the nodes' CPUs shared by the workers of
+    ``max_concurrent`` trials (what :func:`trial_capacity` assumes), written into the base the trials read."""
+    engine = search.sample_config().engine
+    if engine.cpus_per_worker == "auto":
+        cpus = worker_cpus(engine, nodes, engine.workers * search.spec.search.max_concurrent)
+        search.base = apply_overrides(search.base, None, {"engine.cpus_per_worker": cpus})
+    return search
 
 
 def _start_parent_run(search: SearchSpec, uri: str) -> str:
@@ -284,6 +306,7 @@ def run_search(
     connect(address)
     import ray
 
+    search = with_trial_cpus(search, node_cpus())
     capacity = trial_capacity(search, ray.cluster_resources())
     check_storage_shared(train_storage, other_training_nodes())
     # Trial drivers stay on this machine's node (they read the data, write the trials' run directories and, through

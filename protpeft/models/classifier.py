@@ -3,6 +3,13 @@
 PPI and symmetry share one class: a PPI example has two members (the two proteins, whose embeddings are averaged),
 a symmetry example has one. The encoder is either the ESM backbone with pooling, or — in frozen mode — a table of
 cached embeddings, so the training loop never knows which.
+
+A batch reaches the model as the *distinct* sequences of its examples (each encoded once, however many examples
+hold it; longest first) and an ``index`` from every member slot to its encoded row (``protpeft.data.collate``).
+The rows are encoded in calls of at most one row per example, each call cropped to its own longest sequence: for a
+PPI batch of B pairs that is two calls of B, not one of 2B padded to the longest of all (on CPU two calls of B are
+also faster at equal length). Gradients of a sequence used twice add up through the index, as they would for two
+copies.
 """
 
 from __future__ import annotations
@@ -15,8 +22,17 @@ __all__ = [
     "EmbeddingTable",
     "ProteinClassifier",
     "ProteinEncoder",
+    "call_slices",
     "pool_hidden_states",
 ]
+
+
+def call_slices(rows: int, examples: int) -> list[slice]:
+    """How ``rows`` encoded rows of a batch of ``examples`` are split into encoder calls: as few calls of at most
+    ``examples`` rows as possible, of near-equal size (rows come longest first, so each call pads to less)."""
+    calls = max(1, -(-rows // max(1, examples)))
+    bounds = [round(i * rows / calls) for i in range(calls + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def pool_hidden_states(
@@ -51,12 +67,17 @@ class ProteinEncoder(nn.Module):
         return self.backbone.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Right-padded rows; columns that are padding in every row are dropped first (a call of short rows cut
+        from a batch padded to a longer one)."""
+        width = int(attention_mask.sum(1).max())
+        if width < input_ids.shape[1]:
+            input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(hidden, input_ids, attention_mask, self.pooling, self.special_ids)
 
 
 class EmbeddingTable(nn.Module):
-    """Frozen mode's encoder: row ``index`` of a precomputed (U, H) embedding matrix. Not a parameter, not saved."""
+    """Frozen mode's encoder: ``rows`` of a precomputed (U, H) embedding matrix. Not a parameter, not saved."""
 
     def __init__(self, embeddings: torch.Tensor) -> None:
         super().__init__()
@@ -66,8 +87,8 @@ class EmbeddingTable(nn.Module):
     def hidden_size(self) -> int:
         return self.embeddings.shape[1]
 
-    def forward(self, index: torch.Tensor) -> torch.Tensor:
-        return self.embeddings[index]
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.embeddings[rows]
 
 
 class ClassificationHead(nn.Module):
@@ -90,8 +111,8 @@ class ClassificationHead(nn.Module):
 class ProteinClassifier(nn.Module):
     """encoder → (average over the ``members`` of each example) → head → logits (B, outputs).
 
-    Encoder inputs hold all members stacked: for PPI the first B rows are proteins A, the next B proteins B, so the
-    backbone runs once per batch over 2B sequences.
+    Inputs: the encoder's inputs for the batch's distinct sequences (U rows) and ``index`` (members x B,
+    member-major: slots 0..B-1 are the first members, B..2B-1 the second) naming each member's row.
     """
 
     def __init__(self, encoder: nn.Module, head: ClassificationHead, members: int) -> None:
@@ -100,10 +121,13 @@ class ProteinClassifier(nn.Module):
         self.head = head
         self.members = members
 
-    def embed(self, **inputs: torch.Tensor) -> torch.Tensor:
-        pooled = self.encoder(**inputs)
-        return pooled.view(self.members, -1, pooled.shape[-1]).mean(0)
+    def embed(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        rows = next(iter(inputs.values())).shape[0]
+        calls = call_slices(rows, index.numel() // self.members)
+        parts = [self.encoder(**{k: v[part] for k, v in inputs.items()}) for part in calls]
+        pooled = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return pooled[index].view(self.members, -1, pooled.shape[-1]).mean(0)
 
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        embedding = self.embed(**inputs)
+    def forward(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        embedding = self.embed(index, **inputs)
         return self.head(embedding.to(self.head.net[1].weight.dtype))
