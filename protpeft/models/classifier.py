@@ -35,6 +35,15 @@ def call_slices(rows: int, examples: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows without the columns that are padding in every row. Every encoder trims the same way: the
+    shapes decide how much randomness dropout draws, so two encoders that agree without dropout agree with it."""
+    width = int(attention_mask.sum(1).max())
+    if width < input_ids.shape[1]:
+        return input_ids[:, :width], attention_mask[:, :width]
+    return input_ids, attention_mask
+
+
 def pool_hidden_states(
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
@@ -69,9 +78,7 @@ class ProteinEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Right-padded rows; columns that are padding in every row are dropped first (a call of short rows cut
         from a batch padded to a longer one)."""
-        width = int(attention_mask.sum(1).max())
-        if width < input_ids.shape[1]:
-            input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
+        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(hidden, input_ids, attention_mask, self.pooling, self.special_ids)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from protpeft.models.classifier import pool_hidden_states
+from protpeft.models.classifier import pool_hidden_states, trim_padding
 
 __all__ = ["PrefixEncoder", "esm_model", "prefix_forward", "prefix_split", "row_key"]
 
@@ -124,6 +124,7 @@ class PrefixEncoder(nn.Module):
         return self.backbone.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         lengths = attention_mask.sum(-1).tolist()
         keys = [row_key(input_ids[i, :n]) for i, n in enumerate(lengths)]
 
