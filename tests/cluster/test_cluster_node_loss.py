@@ -7,7 +7,6 @@ side as the workers report)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+from drivers import driver_env, work_dir, write_config
 from processes import wait_until
 from ray_nodes import alive_nodes
 
@@ -36,17 +35,14 @@ def _logged_steps(log: Path) -> list[int]:
 
 
 def test_run_survives_losing_a_node_and_resumes_from_object_storage(local_cluster, make_config) -> None:
-    work = local_cluster.driver_dir / f"node-loss-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "node-loss")
     cfg = make_config(
         "ppi", "lora", f"optim.max_steps={STEPS}", "optim.epochs=20", f"engine.checkpoint_every={EVERY}",
         f"engine.eval_every={EVERY}", "engine.log_every=1", "optim.batch_size=4", "engine.max_failures=3",
         f"output_dir={work / 'runs'}", name="node-loss", small=True,
     )  # fmt: skip
-    config_file = work / "node-loss.yaml"
-    config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str))))
-    env = {**os.environ, **local_cluster.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
+    config_file = write_config(cfg, work / "node-loss.yaml")
+    env = driver_env(local_cluster, work)
     storage = f"s3://{local_cluster.bucket}/node-loss-{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, "-m", "protpeft", "train", str(config_file), "--address", local_cluster.gcs_address,
             "--workers", "2", "--storage", storage]  # fmt: skip

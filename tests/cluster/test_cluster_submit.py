@@ -6,7 +6,6 @@ back from storage (``runs pull``) and the registry, never from a node's disk."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import uuid
 
 import pytest
 import yaml
+from drivers import driver_env, work_dir
 
 pytestmark = pytest.mark.cluster
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cluster
 def test_submitted_job_lands_in_storage_and_registry(local_cluster, make_config, tiny_model, small_ppi) -> None:
     from mlflow.tracking import MlflowClient
 
-    work = local_cluster.driver_dir / f"submit-{uuid.uuid4().hex[:6]}"
+    work = work_dir(local_cluster, "submit")
     job_dir = work / "job"
     job_dir.mkdir(parents=True)
     shutil.copytree(tiny_model, job_dir / "tiny-esm2")
@@ -36,8 +36,7 @@ def test_submitted_job_lands_in_storage_and_registry(local_cluster, make_config,
     (job_dir / "train.yaml").write_text(yaml.safe_dump(raw))
     tracking = f"sqlite:///{work / 'mlflow.db'}"  # the lab's registry: reachable from the head and from here
     storage = f"s3://{local_cluster.bucket}/submitted-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, **local_cluster.env(), "MLFLOW_TRACKING_URI": tracking}
-    env.pop("RAY_ADDRESS", None)
+    env = driver_env(local_cluster, work)
 
     def protpeft(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "protpeft", *args], cwd=work, env=env, capture_output=True,

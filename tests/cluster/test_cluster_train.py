@@ -10,7 +10,6 @@ Bad storage settings fail before any worker starts, with one line that says what
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -18,40 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from drivers import driver_env, work_dir, write_config
+from parity import COMMON, STEPS, TOLERANCE, train_losses
 
 pytestmark = pytest.mark.cluster
 
-STEPS = 3
-TOLERANCE = 1e-4
-COMMON = (
-    f"optim.max_steps={STEPS}",
-    "optim.grad_accum=2",
-    "engine.log_every=1",
-    "model.head_dropout=0",
-    "lora.dropout=0",
-    "optim.lr=3e-3",
-)
-
 
 def _protpeft(cluster, args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
-    """``protpeft ARGS`` as a user runs it on the driver machine, joined to ``cluster``."""
-    full_env = {**os.environ, **cluster.env(), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
+    """``protpeft ARGS`` as a user runs it on the driver machine (in ``cwd``, its MLflow store there)."""
     return subprocess.run(
-        [sys.executable, "-m", "protpeft", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-        timeout=timeout,
+        [sys.executable, "-m", "protpeft", *args], cwd=cwd, env=driver_env(cluster, cwd, **(env or {})),
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-def _write_config(cfg, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str))))
-    return path
-
-
-def _curve(run_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["train_loss"] for r in records if "train_loss" in r]
 
 
 def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluster, make_config) -> None:
@@ -61,11 +38,10 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
     from protpeft.predict import Predictor
     from protpeft.trainer.run import run_training
 
-    work = local_cluster.driver_dir / f"lora-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "lora")
     cfg = make_config("ppi", "lora", *COMMON, "optim.batch_size=4", f"output_dir={work / 'runs'}",
                       "tracking.mlflow=true", name="cluster-lora", small=True)  # fmt: skip
-    config_file = _write_config(cfg, work / "lora.yaml")
+    config_file = write_config(cfg, work / "lora.yaml")
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     storage = f"s3://{local_cluster.bucket}/runs-{uuid.uuid4().hex[:6]}"
 
@@ -73,7 +49,6 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
         local_cluster,
         ["train", str(config_file), "--address", local_cluster.gcs_address, "--workers", "2", "--storage", storage],
         cwd=work,
-        env={"MLFLOW_TRACKING_URI": tracking},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -91,7 +66,7 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
             "ppi", "lora", *COMMON, "optim.batch_size=8", "engine.strategy=local", name="one-process", small=True
         )  # fmt: skip
     )
-    cluster_curve, local_curve = _curve(run_dir), _curve(reference.run_dir)
+    cluster_curve, local_curve = train_losses(run_dir), train_losses(reference.run_dir)
     assert len(cluster_curve) == len(local_curve) == STEPS
     assert max(abs(a - b) for a, b in zip(cluster_curve, local_curve, strict=True)) < TOLERANCE
     data = load_task_data(cfg.task, cfg.data)
@@ -125,16 +100,15 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
     ids=["wrong-endpoint", "wrong-key", "missing-bucket"],
 )
 def test_bad_storage_fails_before_any_worker_starts(local_cluster, make_config, change, expected) -> None:
-    work = local_cluster.driver_dir / f"bad-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "bad")
     cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="bad", small=True)
-    config_file = _write_config(cfg, work / "bad.yaml")
+    config_file = write_config(cfg, work / "bad.yaml")
     bucket = local_cluster.bucket if change else "no-such-bucket"
     done = _protpeft(
         local_cluster,
         ["train", str(config_file), "--address", local_cluster.gcs_address, "--storage", f"s3://{bucket}/x"],
         cwd=work,
-        env={**change, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
+        env=change,
         timeout=120,
     )
     assert done.returncode != 0
@@ -144,15 +118,13 @@ def test_bad_storage_fails_before_any_worker_starts(local_cluster, make_config, 
 
 
 def test_local_storage_on_a_multi_node_cluster_is_refused(local_cluster, make_config) -> None:
-    work = local_cluster.driver_dir / f"local-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "local")
     cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="local", small=True)
-    config_file = _write_config(cfg, work / "local.yaml")
+    config_file = write_config(cfg, work / "local.yaml")
     done = _protpeft(
         local_cluster,
         ["train", str(config_file), "--address", local_cluster.gcs_address],
         cwd=work,
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
         timeout=180,
     )
     assert done.returncode != 0
@@ -161,16 +133,14 @@ def test_local_storage_on_a_multi_node_cluster_is_refused(local_cluster, make_co
 
 
 def test_a_job_larger_than_the_cluster_is_refused_before_work(local_cluster, make_config) -> None:
-    work = local_cluster.driver_dir / f"big-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "big")
     cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="big", small=True)
-    config_file = _write_config(cfg, work / "big.yaml")
+    config_file = write_config(cfg, work / "big.yaml")
     storage = f"s3://{local_cluster.bucket}/big-{uuid.uuid4().hex[:6]}"
     done = _protpeft(
         local_cluster,
         ["train", str(config_file), "--address", local_cluster.gcs_address, "--workers", "3", "--storage", storage],
         cwd=work,
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"},
         timeout=180,
     )
     assert done.returncode != 0

@@ -10,7 +10,6 @@ every checkpoint and artefact through S3.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ import uuid
 
 import pytest
 import yaml
+from drivers import driver_env, work_dir
 
 pytestmark = pytest.mark.cluster
 
 
 def test_tune_on_the_cluster_survives_ctrl_c_and_registers_the_best(local_cluster, tiny_model, small_ppi) -> None:
-    work = local_cluster.driver_dir / f"tune-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "tune")
     config = {
         "task": "ppi",
         "mode": "lora",
@@ -44,8 +43,7 @@ def test_tune_on_the_cluster_survives_ctrl_c_and_registers_the_best(local_cluste
     tune_file = work / "search.yaml"
     tune_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     exp_dir = work / "experiments" / "search"
-    env = {**os.environ, **local_cluster.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
+    env = driver_env(local_cluster, work)
     cluster = ["--address", local_cluster.gcs_address]
     storage = f"s3://{local_cluster.bucket}/tune-{uuid.uuid4().hex[:6]}"
 

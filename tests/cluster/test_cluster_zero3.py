@@ -7,7 +7,6 @@ interruption in one process (batch 2b, the data-parallel twin; tolerance as in t
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+from drivers import driver_env, work_dir, write_config
 
 pytestmark = pytest.mark.cluster
 
@@ -46,14 +45,11 @@ def _curve(log: Path) -> dict[int, float]:
 def test_zero3_across_nodes_stops_and_resumes_from_s3(local_cluster, make_config) -> None:
     from protpeft.trainer.run import run_training
 
-    work = local_cluster.driver_dir / f"zero3-{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
+    work = work_dir(local_cluster, "zero3")
     cfg = make_config("ppi", "full", *COMMON, "optim.batch_size=4", "engine.zero_stage=3",
                       f"output_dir={work / 'runs'}", name="zero3", small=True)  # fmt: skip
-    config_file = work / "zero3.yaml"
-    config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=str))))
-    env = {**os.environ, **local_cluster.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
+    config_file = write_config(cfg, work / "zero3.yaml")
+    env = driver_env(local_cluster, work)
     storage = f"s3://{local_cluster.bucket}/zero3-{uuid.uuid4().hex[:6]}"
     train = [sys.executable, "-m", "protpeft", "train", str(config_file), "--address", local_cluster.gcs_address,
              "--workers", "2", "--storage", storage]  # fmt: skip

@@ -15,29 +15,13 @@ set would cost more than the three steps.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
+from parity import COMMON, STEPS, TOLERANCE, train_losses
 
 pytestmark = pytest.mark.integration
-
-STEPS = 3
-TOLERANCE = 1e-4
-COMMON = (
-    f"optim.max_steps={STEPS}",
-    "optim.grad_accum=2",
-    "engine.log_every=1",
-    "model.head_dropout=0",
-    "lora.dropout=0",
-    "optim.lr=3e-3",
-)
-
-
-def train_losses(run_dir: str | Path) -> list[float]:
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r["train_loss"] for r in records if "train_loss" in r]
 
 
 @pytest.mark.parametrize(("mode", "strategy"), [("lora", "ddp"), ("frozen", "ddp")])
