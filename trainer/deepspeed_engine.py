@@ -110,6 +110,10 @@ class DeepSpeedEngine:
         half = any(self.config.get(key, {}).get("enabled") for key in ("bf16", "fp16"))
         self._needs_gather = self.stage == 3 or half
         self._skeleton = _meta_skeleton(model) if self._needs_gather else None
+        if self.stage == 3 and hasattr(model, "one_call"):
+            # ZeRO-3 gathers parameters collectively at every module call: every rank must make the same number of
+            # encoder calls per batch, whatever its share of distinct proteins.
+            model.one_call = True
         optimizer = self._client_optimizer(model)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,

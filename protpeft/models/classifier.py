@@ -127,10 +127,13 @@ class ProteinClassifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self.members = members
+        self.one_call = False
+        """Encode a batch's distinct rows in one call instead of :func:`call_slices` (engines whose module calls are
+        collective, such as DeepSpeed ZeRO-3, need the same number of calls on every rank)."""
 
     def embed(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         rows = next(iter(inputs.values())).shape[0]
-        calls = call_slices(rows, index.numel() // self.members)
+        calls = [slice(0, rows)] if self.one_call else call_slices(rows, index.numel() // self.members)
         parts = [self.encoder(**{k: v[part] for k, v in inputs.items()}) for part in calls]
         pooled = parts[0] if len(parts) == 1 else torch.cat(parts)
         return pooled[index].view(self.members, -1, pooled.shape[-1]).mean(0)
