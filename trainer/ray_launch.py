@@ -37,6 +37,7 @@ __all__ = [
     "cluster_inputs",
     "finish_run",
     "launch_training",
+    "published",
     "root_cause",
     "run_storage",
     "train_worker",
@@ -75,6 +76,14 @@ def check_inputs(cfg: RunConfig) -> TaskData:
 
 
 SUMMARY_KEYS = ("metrics", "params", "steps", "seconds", "peak_memory_mb", "strategy", "workers", "embedded_sequences")
+
+
+def published(result: Any) -> bool:
+    """Whether a Ray Train run ended with its artefact published (its last checkpoint): not so for a run stopped
+    from outside (a Tune scheduler) before it finished."""
+    from protpeft.trainer.ray_worker import ARTIFACT_CHECKPOINT
+
+    return result.checkpoint is not None and Path(result.checkpoint.path).name == ARTIFACT_CHECKPOINT
 
 
 def finish_run(cfg: RunConfig, result: Any, tracking: Any = None) -> dict[str, Any]:

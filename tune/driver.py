@@ -153,6 +153,7 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
         check_inputs,
         cluster_inputs,
         finish_run,
+        published,
         root_cause,
     )
 
@@ -173,5 +174,7 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
             result = trainer.fit()
         except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
             raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
+        if result.error is None and not published(result):
+            return  # stopped by the scheduler (ASHA) or an interruption: the experiment records how it ended
         finish_run(cfg, result, run.logger_factory)
     tune.report(final_result(cfg, run.run_id))
