@@ -146,7 +146,6 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from protpeft.registry.run_lifecycle import tracked_run
     from protpeft.trainer.ray_launch import (
         TrainingFailed,
         build_trainer,
@@ -163,18 +162,20 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     storage = context.train_storage()
     data = check_inputs(cfg)
     base, _ = cluster_inputs(cfg, storage)
-    with tracked_run(cfg, run=context.tracking(cfg, trial_id)) as run:  # FAILED when the Train run fails
-        if run.logger_factory is not None:
-            run.logger_factory().log_config(cfg.to_dict())
-        trainer = build_trainer(
-            cfg, storage, train_run_name(trial_id), tracking=run.logger_factory, callbacks=[TuneReportCallback()],
-            data=data, base=base, live_logs=False,
-        )  # fmt: skip
-        try:
-            result = trainer.fit()
-        except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
-            raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
-        if result.error is None and not published(result):
-            return  # stopped by the scheduler (ASHA) or an interruption: the experiment records how it ended
-        finish_run(cfg, result, run.logger_factory)
+    # The trial's MLflow run is ended by the experiment, which knows how each trial ended (finished, stopped by
+    # ASHA, interrupted, failed): a trial stopped from outside may see its Train run abort like a failure.
+    run = context.tracking(cfg, trial_id)
+    if run.logger_factory is not None:
+        run.logger_factory().log_config(cfg.to_dict())
+    trainer = build_trainer(
+        cfg, storage, train_run_name(trial_id), tracking=run.logger_factory, callbacks=[TuneReportCallback()],
+        data=data, base=base, live_logs=False,
+    )  # fmt: skip
+    try:
+        result = trainer.fit()
+    except Exception as err:  # WorkerGroupError / ControllerError wrap the worker's exception
+        raise TrainingFailed(f"trial {trial_id} failed: {root_cause(err)}") from None
+    if result.error is None and not published(result):
+        return  # stopped by the scheduler (ASHA) or an interruption
+    finish_run(cfg, result, run.logger_factory)
     tune.report(final_result(cfg, run.run_id))
