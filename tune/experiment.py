@@ -300,13 +300,13 @@ def run_search(
 
     search, exp_dir, state = _prepare(tune_file, resume, storage)
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
-    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent, _trial_storage(search, exp_dir))
-    train_storage = context.train_storage()
-    train_storage.check()
     connect(address)
     import ray
 
     search = with_trial_cpus(search, node_cpus())
+    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent, _trial_storage(search, exp_dir))
+    train_storage = context.train_storage()
+    train_storage.check()
     capacity = trial_capacity(search, ray.cluster_resources())
     check_storage_shared(train_storage, other_training_nodes())
     # Trial drivers stay on this machine's node (they read the data, write the trials' run directories and, through
