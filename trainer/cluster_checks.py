@@ -86,7 +86,7 @@ def check_resources(cfg: RunConfig) -> None:
 
 def check_storage_shared(storage: RunStorage, nodes: list[dict[str, Any]]) -> None:
     """A local storage path must be the same directory on every node that trains (a shared filesystem): a probe
-    file written here must be visible there.
+    file written here must be visible there. ``storage`` has passed :meth:`RunStorage.check` (it exists here).
 
     Raises:
         StorageError: the path is this machine's only; says to pass an object store or a shared path.
@@ -97,7 +97,6 @@ def check_storage_shared(storage: RunStorage, nodes: list[dict[str, Any]]) -> No
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     probe = f".protpeft-shared-{uuid.uuid4().hex}"
-    storage.check()  # creatable and writable here
     path = storage.path(probe)
     with open(path, "w") as fh:
         fh.write("probe")

@@ -22,7 +22,7 @@ from protpeft.data.datasets import TaskData
 from protpeft.trainer.checkpoints import STATE_FILE
 from protpeft.trainer.ray_errors import TrainingFailed, root_cause
 from protpeft.trainer.ray_run_store import SNAPSHOT_FILE, STORAGE_DIR, fetch_artifact, prepare_run, run_storage
-from protpeft.trainer.ray_worker import WorkerError, train_worker
+from protpeft.trainer.ray_worker import WorkerError, is_artifact, train_worker
 from protpeft.trainer.staging import StagedDir, stage_dir
 from protpeft.trainer.storage import RunStorage
 
@@ -81,9 +81,7 @@ SUMMARY_KEYS = ("metrics", "params", "steps", "seconds", "peak_memory_mb", "stra
 def published(result: Any) -> bool:
     """Whether a Ray Train run ended with its artefact published (its last checkpoint): not so for a run stopped
     from outside (a Tune scheduler) before it finished."""
-    from protpeft.trainer.ray_worker import ARTIFACT_CHECKPOINT
-
-    return result.checkpoint is not None and Path(result.checkpoint.path).name == ARTIFACT_CHECKPOINT
+    return is_artifact(result.checkpoint)
 
 
 def finish_run(cfg: RunConfig, result: Any, tracking: Any = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from protpeft.config import RunConfig
 from protpeft.errors import ProtpeftError
 from protpeft.trainer.checkpoints import STATE_FILE
 from protpeft.trainer.fresh_run import start_afresh
-from protpeft.trainer.ray_worker import ARTIFACT_CHECKPOINT
+from protpeft.trainer.ray_worker import ARTIFACT_CHECKPOINT, is_artifact
 from protpeft.trainer.storage import RunStorage
 
 __all__ = [
@@ -99,7 +99,7 @@ def fetch_artifact(result: Any, run_dir: Path) -> Path:
         ProtpeftError: the run ended without publishing an artefact.
     """
     checkpoint = result.checkpoint
-    if checkpoint is None or Path(checkpoint.path).name != ARTIFACT_CHECKPOINT:
+    if not is_artifact(checkpoint):
         raise ProtpeftError(f"the run ended without its artefact in storage (last checkpoint: {checkpoint})")
     return copy_artifact(checkpoint.filesystem, checkpoint.path, run_dir)
 

@@ -23,13 +23,18 @@ if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
     from protpeft.trainer.staging import StagedDir
 
-__all__ = ["ARTIFACT_CHECKPOINT", "LOG_KEY", "RayChannel", "WorkerError", "train_worker"]
+__all__ = ["ARTIFACT_CHECKPOINT", "LOG_KEY", "RayChannel", "WorkerError", "is_artifact", "train_worker"]
 
 LOG_KEY = "protpeft_log"
 """The key of a report's metric records: ``[{"step": N, <metrics>}, ...]`` logged by the leader since the last
 report (the driver-side tracking callback writes them)."""
 ARTIFACT_CHECKPOINT = "artifact"
 """The name of the checkpoint holding the finished run's artefact (the run's last report)."""
+
+
+def is_artifact(checkpoint: Any) -> bool:
+    """Whether a Ray Train checkpoint is a run's published artefact (its last report), not a training state."""
+    return checkpoint is not None and Path(checkpoint.path).name == ARTIFACT_CHECKPOINT
 
 
 class WorkerError(RuntimeError):
@@ -113,7 +118,7 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = config["config"]  # the driver's validated object (pickled), not validated again
     ctx = WorkerContext.from_process_group(get_device())
     restored = ray.train.get_checkpoint()  # after a worker-group restart, or when Ray restored the run
-    if restored is not None and Path(restored.path).name == ARTIFACT_CHECKPOINT:
+    if is_artifact(restored):
         return  # the run had finished and published its artefact before the restart: nothing left to do
     staged: StagedDir | None = config.get("base")
     inputs = RunInputs(config.get("data"), str(staged.local_copy()) if staged is not None else None)
