@@ -9,6 +9,19 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ppi-dscript"
 
+_SERIAL_GROUPS = {"cluster": "shared-nothing-cluster", "integration": "local-ray"}
+"""Test folders whose tests run one after another on one pytest-xdist worker (``make test`` runs ``-n 2 --dist
+loadgroup``): the cluster tests share one S3 server and cluster, the integration tests one local Ray instance and
+the machine's 2 CPUs. The two groups overlap in time (both mostly wait on Ray's start-up), and the unit tests fill
+in around them."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.path)).parent.name
+        if folder in _SERIAL_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(_SERIAL_GROUPS[folder]))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 __all__ = ["connect", "ray_output", "resolve_address"]
@@ -47,6 +48,12 @@ def ray_output(verbose: bool | None) -> dict[str, Any]:
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool | None = None) -> None:
     """``ray.init`` once per process. A local instance gets the machine's cores (or ``num_cpus``) and a small
     object store (its dashboard stays on: Ray Train's placement-group cleaner polls the state API it serves); an
@@ -71,10 +78,17 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
     if target == "local":
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)
+        dashboard_port = _free_port()
+        # Ray's own processes find "their" cluster's state API by this variable, else by looking for running
+        # clusters on the machine, which fails once a second Ray instance runs beside this one (another user's
+        # `ray start`, another protpeft run): Ray Train's placement-group cleaner then dies and its groups leak.
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
             **common,
         )
     else:

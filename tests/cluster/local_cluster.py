@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings importable 
 from processes import PortBlock, ProcessGroup  # noqa: E402
 from ray_nodes import (  # noqa: E402
     RayNode,
+    api_server_env,
     node_env,
     start_head,
     start_worker_node,
@@ -105,7 +106,8 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         """What a driver process needs: token auth with this cluster's token, and the S3 variables."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **self.s3.env()}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **self.s3.env(),
+                **api_server_env(self.head.ports["dashboard-port"])}  # fmt: skip
 
     # ---- nodes --------------------------------------------------------------------------------------------------
     def start_node(self, name: str, num_cpus: int | None = None, timeout: float = 120) -> RayNode:
@@ -116,7 +118,7 @@ class LocalCluster:
             raise RuntimeError(f"node {name} is still running")
         num_cpus = num_cpus or (int(lost.resources[name]) if lost else 1)
         t0 = time.monotonic()
-        env = node_env(dict(os.environ), self.token)
+        env = {**node_env(dict(os.environ), self.token), **api_server_env(self.head.ports["dashboard-port"])}
         node = start_worker_node(self.root, name, self.gcs_address, PortBlock(PORTS_PER_NODE), env, self.hide,
                                  self.keep, num_cpus)  # fmt: skip
         self.nodes[name] = node

@@ -129,7 +129,8 @@ def start_head(root: Path, ports: PortBlock, env: dict[str, str]) -> RayNode:
         f"--ray-client-server-port={assigned['ray-client-server-port']}", "--dashboard-host=127.0.0.1",
         "--include-dashboard=true", "--num-cpus=0", *port_args, *_common_args(root / "ray" / "head"),
     ]  # fmt: skip
-    group = ProcessGroup.start("ray-head", argv, root / "logs" / "ray-head.log", {**env, **HEAD_ENV}, cwd=root)
+    env = {**env, **HEAD_ENV, **api_server_env(assigned["dashboard-port"])}
+    group = ProcessGroup.start("ray-head", argv, root / "logs" / "ray-head.log", env, cwd=root)
     return RayNode("head", group, assigned)
 
 
@@ -193,6 +194,12 @@ def wait_node_alive(node: RayNode, dashboard_url: str, token: str, timeout: floa
             return False
 
     return wait_until(f"Ray node {node.name} to join", joined, timeout, alive=node.group, every=0.5)
+
+
+def api_server_env(dashboard_port: int) -> dict[str, str]:
+    """Ray's processes find their cluster's state API by ``RAY_API_SERVER_ADDRESS``, else by looking for running
+    clusters on the machine, which fails while other tests' Ray instances run beside this cluster."""
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
 
 def node_env(base: dict[str, str], token: str) -> dict[str, str]:

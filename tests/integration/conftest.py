@@ -3,6 +3,7 @@ and small helpers shared by the Ray Train, fault and run-many tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,7 @@ def ray_local(_isolated_cache) -> Iterator[None]:
     connect(num_cpus=2)
     yield
     ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # set by connect() for the instance it started
 
 
 @pytest.fixture

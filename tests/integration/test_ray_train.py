@@ -64,3 +64,23 @@ def test_two_workers_match_one_process_with_double_batch(
         unique = len(set(data.sequences.values()))
         assert summary["embedded_sequences"] == math.ceil(unique / 2)
         assert local.embedded_sequences == 0
+
+
+def test_a_local_instances_processes_reach_its_own_state_api(ray_local) -> None:
+    """Ray's processes (Ray Train's placement-group cleaner among them) query the state API of "their" cluster; with
+    no address they look for running clusters on the machine and fail once another Ray instance runs beside this
+    one. The local instance protpeft starts hands them its own dashboard."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def state_api_from_a_worker() -> tuple[str | None, int]:
+        import os
+
+        from ray.util.state import list_nodes
+
+        return os.environ.get("RAY_API_SERVER_ADDRESS"), len(list_nodes())
+
+    address, nodes = ray.get(state_api_from_a_worker.remote())
+    dashboard = ray.get_runtime_context().worker.node.address_info["webui_url"]
+    assert address is not None and address.endswith(dashboard.rsplit(":", 1)[-1])
+    assert nodes == len(ray.nodes()) == 1

@@ -61,6 +61,8 @@ def ray_head() -> Iterator[dict]:
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
+        # Ray's processes find this cluster's state API by it, not by looking for the machine's running clusters
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}",
     }
     env.pop("RAY_ADDRESS", None)
     ports = {

@@ -1,0 +1,40 @@
+"""Build ahead of time the DeepSpeed op that every DeepSpeed run on CPU loads: ``python -m
+protpeft.trainer.deepspeed_ops`` (``make install`` runs it).
+
+DeepSpeed is installed without prebuilt ops (``DS_BUILD_OPS=0``); its communication backend JIT-compiles its
+shared-memory collectives (``deepspeed_shm_comm``) into torch's extension cache the first time a process group starts
+on CPU, which costs the first full fine-tuning run 1-2 minutes of compiling on a small machine. Building it here moves
+that cost to installation. On a GPU machine the op is not used and nothing is built.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def build_cpu_comm_op() -> str:
+    """Compile (or find already compiled) DeepSpeed's CPU shared-memory collectives; returns what happened."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return f"accelerator {get_accelerator().device_name()}: no CPU op to build"
+    from deepspeed.comm.torch import build_shm_op
+
+    started = time.monotonic()
+    op = build_shm_op()
+    if op is None:
+        return "DeepSpeed's shared-memory op is not compatible with this machine: CPU runs use torch's collectives"
+    return f"DeepSpeed's CPU collectives ready ({time.monotonic() - started:.0f} s)"
+
+
+def main() -> int:
+    try:
+        print(build_cpu_comm_op())
+    except Exception as err:  # a missing compiler: DeepSpeed will say the same, later, in the first full run
+        print(f"warning: DeepSpeed's CPU op was not built ahead ({type(err).__name__}: {err})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
