@@ -162,10 +162,11 @@ def build_trainer(
     )
 
 
-def cluster_inputs(cfg: RunConfig, storage: RunStorage) -> tuple[StagedDir | None, bool]:
+def cluster_inputs(cfg: RunConfig, storage: RunStorage, *, check_shared: bool = True) -> tuple[StagedDir | None, bool]:
     """On the cluster joined (before any worker starts): the job's resources fit; on several nodes, ``storage`` is
-    one place for all of them and a base model given as a directory here is staged into it. Returns the staged
-    base (or None) and whether other nodes train.
+    one place for all of them (unless ``check_shared`` is off: the caller checked it once for many runs) and a base
+    model given as a directory here is staged into it. Returns the staged base (or None) and whether other nodes
+    train.
 
     Raises:
         ClusterError / StorageError: one line saying what to pass instead.
@@ -175,7 +176,8 @@ def cluster_inputs(cfg: RunConfig, storage: RunStorage) -> tuple[StagedDir | Non
 
     check_resources(with_worker_cpus(cfg, node_cpus()))
     others = other_training_nodes()
-    check_storage_shared(storage, others)
+    if check_shared:
+        check_storage_shared(storage, others)
     base = Path(cfg.model.base)
     staged = stage_dir(storage, base, "base") if others and base.is_dir() else None
     return staged, bool(others)
@@ -187,7 +189,8 @@ def launch_training(
     address: str | None = None,
     logger_factory: Any = None,
     resume: str | Path | None = None,
-    storage_path: str | Path | None = None,
+    storage_path: str | Path | RunStorage | None = None,
+    storage_checked: bool = False,
     run_name: str | None = None,
     worker: Callable[[dict[str, Any]], None] = train_worker,
 ) -> dict[str, Any]:
@@ -200,7 +203,10 @@ def launch_training(
             node (config, metric records, the finished run), never in a worker.
         resume: a run directory or name, a Ray run directory, or a checkpoint directory to continue from.
         storage_path: where checkpoints and the artefact go (``--storage``: a directory or ``s3://bucket/prefix``;
-            default ``engine.storage``, else ``<output_dir>/ray_results``).
+            default ``engine.storage``, else ``<output_dir>/ray_results``), or that location already parsed (its
+            filesystem carries the credentials read where it was parsed).
+        storage_checked: the caller has checked the storage (:meth:`RunStorage.check`, and on a cluster that every
+            training node shares it) for this run and others: run-many checks once for all its jobs.
         run_name: Ray run name; default ``cfg.name``. Keep it stable: resuming finds the run by it.
         worker: the worker function (see :func:`build_trainer`).
 
@@ -216,10 +222,11 @@ def launch_training(
 
     cfg = absolute_paths(cfg)
     data = check_inputs(cfg)  # a file:line error as with --local, before Ray starts or old runs are cleared
-    storage = run_storage(cfg, storage_path)
-    storage.check()
+    storage = storage_path if isinstance(storage_path, RunStorage) else run_storage(cfg, storage_path)
+    if not storage_checked:
+        storage.check()
     connect(address)
-    base, multi_node = cluster_inputs(cfg, storage)
+    base, multi_node = cluster_inputs(cfg, storage, check_shared=not storage_checked)
     if resume is not None and multi_node and (Path(resume) / STATE_FILE).is_file():
         raise TrainingFailed(
             f"--resume {resume}: a checkpoint directory of this machine cannot be read by the cluster's other "

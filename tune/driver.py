@@ -161,7 +161,7 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     context.record_attempt(trial_id)
     storage = context.train_storage()
     data = check_inputs(cfg)
-    base, _ = cluster_inputs(cfg, storage)
+    base, _ = cluster_inputs(cfg, storage, check_shared=False)  # the experiment checked it once for all trials
     # The trial's MLflow run is ended by the experiment, which knows how each trial ended (finished, stopped by
     # ASHA, interrupted, failed): a trial stopped from outside may see its Train run abort like a failure.
     run = context.tracking(cfg, trial_id)
