@@ -31,11 +31,11 @@ __all__ = [
     "STORAGE_DIR",
     "TrainingFailed",
     "WorkerError",
-    "absolute_paths",
     "build_trainer",
     "check_inputs",
     "cluster_inputs",
     "finish_run",
+    "for_workers",
     "launch_training",
     "published",
     "root_cause",
@@ -44,15 +44,25 @@ __all__ = [
 ]
 
 
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Relative paths resolved against the driver's working directory before the config travels to workers, whose
-    working directory Ray chooses. A copy with resolved paths, not validated again (paths stay paths)."""
+def for_workers(cfg: RunConfig) -> RunConfig:
+    """The config as it travels to workers, made on the driver: relative paths resolved against the driver's working
+    directory (a worker's is Ray's choice), and a DeepSpeed JSON file read and checked here (``file:line`` errors
+    before any Ray process starts) and carried as its content, so no node but the driver needs the file. A copy,
+    not validated again (paths stay paths).
+
+    Raises:
+        ConfigError: the DeepSpeed JSON file is unreadable, not JSON, or not usable.
+    """
+    from protpeft.config import read_deepspeed_json
 
     def resolved(path: Path | None) -> Path | None:
         return Path(path).expanduser().resolve() if path is not None else None
 
     data = cfg.data.model_copy(update={key: resolved(getattr(cfg.data, key)) for key in _DATA_PATHS})
-    engine = cfg.engine.model_copy(update={"deepspeed_config": resolved(cfg.engine.deepspeed_config)})
+    deepspeed = cfg.engine.deepspeed_config
+    if isinstance(deepspeed, Path):
+        deepspeed = read_deepspeed_json(deepspeed.expanduser())
+    engine = cfg.engine.model_copy(update={"deepspeed_config": deepspeed})
     base = Path(cfg.model.base).expanduser()
     model = cfg.model.model_copy(update={"base": str(base.resolve())}) if base.exists() else cfg.model
     update = {"output_dir": resolved(cfg.output_dir), "data": data, "engine": engine, "model": model}
@@ -220,7 +230,7 @@ def launch_training(
     """
     from protpeft.trainer.ray_cluster import connect
 
-    cfg = absolute_paths(cfg)
+    cfg = for_workers(cfg)
     data = check_inputs(cfg)  # a file:line error as with --local, before Ray starts or old runs are cleared
     storage = storage_path if isinstance(storage_path, RunStorage) else run_storage(cfg, storage_path)
     if not storage_checked:

@@ -298,14 +298,14 @@ def run_many(
 
     from protpeft.trainer.cluster_checks import check_storage_shared, other_training_nodes
     from protpeft.trainer.ray_cluster import connect
-    from protpeft.trainer.ray_launch import absolute_paths, root_cause
+    from protpeft.trainer.ray_launch import for_workers, root_cause
     from protpeft.trainer.resources import node_cpus, with_worker_cpus
     from protpeft.trainer.run_summary import summary_rows, summary_table, write_summary
 
     jobs, default_output = load_jobs(jobs_file_or_spec, {"engine.storage": storage} if storage else None)
     output = Path(output or default_output)
     console = console or Console()
-    cfgs = [absolute_paths(job.cfg) for job in jobs]  # against this directory, not the driver task's
+    cfgs = [for_workers(job.cfg) for job in jobs]  # against this directory, not the driver task's
     storages = checked_storages(cfgs)
     connect(address)
     others = other_training_nodes()

@@ -125,11 +125,11 @@ def _prepare(
 
 def _started(search: SearchSpec, storage: str | None) -> tuple[SearchSpec, ExperimentFiles, dict[str, Any]]:
     """A new experiment: its storage checked, then its saved state and MLflow parent run created."""
-    from protpeft.trainer.ray_launch import absolute_paths
+    from protpeft.trainer.ray_launch import for_workers
     from protpeft.trainer.storage import RunStorage
 
     exp_dir = search.experiment_dir()
-    sample = absolute_paths(search.sample_config())  # a trial runs in Tune's trial directory, not here
+    sample = for_workers(search.sample_config())  # a trial runs in Tune's trial directory, not here
     search.base = sample.to_dict()
     if storage is not None:
         search.base["engine"]["storage"] = RunStorage.parse(storage).uri  # absolute: resumed from anywhere
