@@ -286,10 +286,11 @@ def run_many(
         output: where ``summary.json`` and ``summary.md`` go (default: the spec's ``output``).
         storage: every job's ``engine.storage`` (``--storage``: a directory or ``s3://bucket/prefix``); each job's
             run is ``<storage>/<job name>``.
+        console: a Rich console for the tables (default stdout).
 
     Raises:
-        ConfigError: an invalid JOBS spec. StorageError: a storage unusable as given (before any job starts).
-        console: a Rich console for the tables (default stdout).
+        ConfigError: an invalid JOBS spec or DeepSpeed JSON. StorageError: a storage unusable as given. Both before
+        any job starts.
     """
     import ray
     from rich.console import Console

@@ -220,7 +220,7 @@ def _tune_config(search: SearchSpec, capacity: int):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# after the search: MLflow bookkeeping, registration
+# the search
 
 
 def run_search(
@@ -237,7 +237,8 @@ def run_search(
     """Run (or resume) the hyperparameter search of ``tune_file`` and write ``trials.json`` and the report.
 
     Args:
-        tune_file: a TUNE.yaml; with ``resume`` also its experiment directory.
+        tune_file: a TUNE.yaml; with ``resume`` also its experiment directory (with ``storage``, one that need not
+            exist here: the experiment is found in the storage by the directory's name).
         address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
         storage: where the experiment is kept (``<storage>/<experiment>``: Ray Tune's experiment, the trials'
             checkpoints and artefacts in ``train/``, copies of protpeft's files; ``engine.storage`` of every trial): a
