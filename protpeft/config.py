@@ -6,6 +6,7 @@ reproducible from its own directory.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,8 +170,10 @@ class EngineConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     """DeepSpeed ZeRO CPU offload of optimizer states."""
-    deepspeed_config: Path | None = None
-    """A DeepSpeed JSON to use instead of the generated one (batch sizes and clipping are still set from optim)."""
+    deepspeed_config: Path | dict[str, Any] | None = None
+    """A DeepSpeed JSON file, or its content as a mapping, to use instead of the generated config (batch sizes and
+    clipping are still set from optim). A file is read and checked where the run is launched and travels to the
+    workers as its content: it need not exist on their nodes."""
     eval_every: int | None = Field(None, ge=1)
     """Evaluate every N optimizer steps; None = at the end of each epoch."""
     checkpoint_every: int | None = Field(None, ge=1)
@@ -186,6 +189,14 @@ class EngineConfig(_Section):
     """Where Ray keeps checkpoints and the finished artefact: a directory (shared by every node on a multi-node
     cluster) or an object store, ``s3://BUCKET/PREFIX`` (endpoint and keys from ``AWS_ENDPOINT_URL``,
     ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``). Default: ``<output_dir>/ray_results``."""
+
+    @field_validator("deepspeed_config")
+    @classmethod
+    def _deepspeed(cls, value: Path | dict[str, Any] | None) -> Path | dict[str, Any] | None:
+        problem = deepspeed_problem(value) if isinstance(value, dict) else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("cpus_per_worker", mode="before")
     @classmethod
@@ -247,6 +258,36 @@ class RunConfig(_Section):
 
 # --------------------------------------------------------------------------------------------------------------
 # YAML + overrides
+
+
+def deepspeed_problem(ds: Any) -> str | None:
+    """What is wrong with a DeepSpeed config's content for protpeft, or None."""
+    if not isinstance(ds, dict):
+        return "a DeepSpeed config must be a JSON object"
+    if "scheduler" in ds:
+        return "remove the 'scheduler' section of the DeepSpeed config; the schedule comes from the optim section"
+    return None
+
+
+def read_deepspeed_json(path: str | Path) -> dict[str, Any]:
+    """The user's DeepSpeed JSON file, read and checked.
+
+    Raises:
+        ConfigError: unreadable; not JSON (``file:line:column``); not an object, or with a ``scheduler`` section.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the DeepSpeed config ({err.strerror or err})") from None
+    try:
+        ds = json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"{path}:{err.lineno}:{err.colno}"
+        raise ConfigError(f"{where}: invalid JSON in the DeepSpeed config: {err.msg}") from None
+    problem = deepspeed_problem(ds)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    return ds
 
 
 WORKER_RESOURCE_KEYS = {"CPU": "engine.cpus_per_worker", "GPU": "engine.gpus_per_worker"}

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from protpeft.console import VERBOSE_ENV, ClusterOpt, JobsAddressOpt, VerboseOpt, console, err_console, set_verbosity
+from protpeft.console import (
+    VERBOSE_ENV,
+    ClusterOpt,
+    JobsAddressOpt,
+    StorageOpt,
+    VerboseOpt,
+    console,
+    err_console,
+    set_verbosity,
+)
 from protpeft.errors import ProtpeftError
 
 __all__ = ["register"]
@@ -47,18 +56,20 @@ def run_many_command(
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Alias for the registered version, e.g. champion.")] = None,
     metric: Annotated[str, typer.Option(help="Final metric that picks the best job (higher is better).")] = "val_aupr",
+    storage: StorageOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Launch every job of JOBS.yaml on the cluster at once (each with its own resources; what does not fit
     waits), show a live table (per job: state, step / total, loss, validation metric, ETA), and write a summary.
-    Exits 1 when a job failed.
+    Exits 1 when a job failed. With --storage every job's run goes to STORAGE/<job name>; the storage is checked
+    once, before any job starts.
 
-    Example: protpeft run-many configs/demo/jobs.yaml
+    Example: protpeft run-many configs/demo/jobs.yaml --address HEAD:6379 --storage s3://my-bucket/protpeft
     """
     set_verbosity(verbose)
     from protpeft.trainer.run_many import run_many
 
-    rows = run_many(jobs, address=address, tracking=_start_tracking, output=output, console=console)
+    rows = run_many(jobs, address=address, tracking=_start_tracking, output=output, storage=storage, console=console)
     if register_as:
         from protpeft.registry import register_run
         from protpeft.trainer.run_summary import best_row

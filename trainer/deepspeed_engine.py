@@ -1,10 +1,11 @@
 """The DeepSpeed engine: ZeRO stages 0–3, optional CPU optimizer offload, bf16 on GPUs — behind the same Engine
 interface as the plain and DDP engines, so the one loop does not know which it drives.
 
-The DeepSpeed config is generated from ``optim`` + ``engine`` (or read from the user's JSON, with batch sizes and
-clipping still taken from ``optim``). The optimizer is our own AdamW over the trainable parameter groups (a client
-optimizer, so DeepSpeed builds no fused/CPU Adam kernels) and the warm-up + decay schedule is ours too, handed to
-DeepSpeed so it steps at accumulation boundaries. With CPU offload, DeepSpeed's CPU Adam is used instead (it is
+The DeepSpeed config is generated from ``optim`` + ``engine`` (or taken from the user's JSON — its content, read on
+the driver before the run config travels to the workers — with batch sizes and clipping still from ``optim``). The
+optimizer is our own AdamW over the trainable parameter groups (a client optimizer, so DeepSpeed builds no fused/CPU
+Adam kernels) and the warm-up + decay schedule is ours too, handed to DeepSpeed so it steps at accumulation
+boundaries. With CPU offload, DeepSpeed's CPU Adam is used instead (it is
 what offload is for; its kernel is compiled on first use).
 
 Inside Ray Train the engine reuses Ray's torch.distributed group; in one process it creates a 1-rank gloo group.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import socket
 from pathlib import Path
@@ -24,8 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from protpeft.config import RunConfig
-from protpeft.errors import ConfigError
+from protpeft.config import RunConfig, read_deepspeed_json
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import resolve_precision
 from protpeft.trainer.optim import build_optimizer, build_scheduler, param_groups
@@ -37,20 +36,19 @@ TAG = "deepspeed"
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
-    """DeepSpeed's JSON config for this run: generated, or the user's file with our batch sizes and clipping.
+    """DeepSpeed's JSON config for this run: generated, or the user's (its content as the driver read it, or the
+    file in a run of one process) with our batch sizes and clipping. The run config is left as it is.
 
     Raises:
-        ConfigError: the user's file is unreadable, or defines a scheduler (the schedule comes from ``optim``).
+        ConfigError: the user's file is unreadable, not JSON, or defines a scheduler (the schedule comes from
+        ``optim``).
     """
     optim, engine = cfg.optim, cfg.engine
-    if engine.deepspeed_config is not None:
-        source = Path(engine.deepspeed_config)
-        try:
-            ds: dict[str, Any] = json.loads(source.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{source}: cannot read the DeepSpeed config ({err})") from None
-        if "scheduler" in ds:
-            raise ConfigError(f"{source}: remove the 'scheduler' section; the schedule comes from the optim section")
+    user = engine.deepspeed_config
+    if isinstance(user, dict):
+        ds: dict[str, Any] = copy.deepcopy(user)
+    elif user is not None:
+        ds = read_deepspeed_json(user)
     else:
         zero: dict[str, Any] = {"stage": engine.zero_stage}
         if engine.offload_optimizer:

@@ -31,11 +31,11 @@ __all__ = [
     "STORAGE_DIR",
     "TrainingFailed",
     "WorkerError",
-    "absolute_paths",
     "build_trainer",
     "check_inputs",
     "cluster_inputs",
     "finish_run",
+    "for_workers",
     "launch_training",
     "published",
     "root_cause",
@@ -44,15 +44,25 @@ __all__ = [
 ]
 
 
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Relative paths resolved against the driver's working directory before the config travels to workers, whose
-    working directory Ray chooses. A copy with resolved paths, not validated again (paths stay paths)."""
+def for_workers(cfg: RunConfig) -> RunConfig:
+    """The config as it travels to workers, made on the driver: relative paths resolved against the driver's working
+    directory (a worker's is Ray's choice), and a DeepSpeed JSON file read and checked here (``file:line`` errors
+    before any Ray process starts) and carried as its content, so no node but the driver needs the file. A copy,
+    not validated again (paths stay paths).
+
+    Raises:
+        ConfigError: the DeepSpeed JSON file is unreadable, not JSON, or not usable.
+    """
+    from protpeft.config import read_deepspeed_json
 
     def resolved(path: Path | None) -> Path | None:
         return Path(path).expanduser().resolve() if path is not None else None
 
     data = cfg.data.model_copy(update={key: resolved(getattr(cfg.data, key)) for key in _DATA_PATHS})
-    engine = cfg.engine.model_copy(update={"deepspeed_config": resolved(cfg.engine.deepspeed_config)})
+    deepspeed = cfg.engine.deepspeed_config
+    if isinstance(deepspeed, Path):
+        deepspeed = read_deepspeed_json(deepspeed.expanduser())
+    engine = cfg.engine.model_copy(update={"deepspeed_config": deepspeed})
     base = Path(cfg.model.base).expanduser()
     model = cfg.model.model_copy(update={"base": str(base.resolve())}) if base.exists() else cfg.model
     update = {"output_dir": resolved(cfg.output_dir), "data": data, "engine": engine, "model": model}
@@ -162,10 +172,11 @@ def build_trainer(
     )
 
 
-def cluster_inputs(cfg: RunConfig, storage: RunStorage) -> tuple[StagedDir | None, bool]:
+def cluster_inputs(cfg: RunConfig, storage: RunStorage, *, check_shared: bool = True) -> tuple[StagedDir | None, bool]:
     """On the cluster joined (before any worker starts): the job's resources fit; on several nodes, ``storage`` is
-    one place for all of them and a base model given as a directory here is staged into it. Returns the staged
-    base (or None) and whether other nodes train.
+    one place for all of them (unless ``check_shared`` is off: the caller checked it once for many runs) and a base
+    model given as a directory here is staged into it. Returns the staged base (or None) and whether other nodes
+    train.
 
     Raises:
         ClusterError / StorageError: one line saying what to pass instead.
@@ -175,7 +186,8 @@ def cluster_inputs(cfg: RunConfig, storage: RunStorage) -> tuple[StagedDir | Non
 
     check_resources(with_worker_cpus(cfg, node_cpus()))
     others = other_training_nodes()
-    check_storage_shared(storage, others)
+    if check_shared:
+        check_storage_shared(storage, others)
     base = Path(cfg.model.base)
     staged = stage_dir(storage, base, "base") if others and base.is_dir() else None
     return staged, bool(others)
@@ -187,7 +199,8 @@ def launch_training(
     address: str | None = None,
     logger_factory: Any = None,
     resume: str | Path | None = None,
-    storage_path: str | Path | None = None,
+    storage_path: str | Path | RunStorage | None = None,
+    storage_checked: bool = False,
     run_name: str | None = None,
     worker: Callable[[dict[str, Any]], None] = train_worker,
 ) -> dict[str, Any]:
@@ -200,7 +213,10 @@ def launch_training(
             node (config, metric records, the finished run), never in a worker.
         resume: a run directory or name, a Ray run directory, or a checkpoint directory to continue from.
         storage_path: where checkpoints and the artefact go (``--storage``: a directory or ``s3://bucket/prefix``;
-            default ``engine.storage``, else ``<output_dir>/ray_results``).
+            default ``engine.storage``, else ``<output_dir>/ray_results``), or that location already parsed (its
+            filesystem carries the credentials read where it was parsed).
+        storage_checked: the caller has checked the storage (:meth:`RunStorage.check`, and on a cluster that every
+            training node shares it) for this run and others: run-many checks once for all its jobs.
         run_name: Ray run name; default ``cfg.name``. Keep it stable: resuming finds the run by it.
         worker: the worker function (see :func:`build_trainer`).
 
@@ -214,12 +230,13 @@ def launch_training(
     """
     from protpeft.trainer.ray_cluster import connect
 
-    cfg = absolute_paths(cfg)
+    cfg = for_workers(cfg)
     data = check_inputs(cfg)  # a file:line error as with --local, before Ray starts or old runs are cleared
-    storage = run_storage(cfg, storage_path)
-    storage.check()
+    storage = storage_path if isinstance(storage_path, RunStorage) else run_storage(cfg, storage_path)
+    if not storage_checked:
+        storage.check()
     connect(address)
-    base, multi_node = cluster_inputs(cfg, storage)
+    base, multi_node = cluster_inputs(cfg, storage, check_shared=not storage_checked)
     if resume is not None and multi_node and (Path(resume) / STATE_FILE).is_file():
         raise TrainingFailed(
             f"--resume {resume}: a checkpoint directory of this machine cannot be read by the cluster's other "

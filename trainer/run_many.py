@@ -21,6 +21,12 @@ JOBS.yaml is one of::
 ``set``. Without ``CPU`` (``engine.cpus_per_worker: auto``) the cluster's CPUs are shared by all jobs' workers, at
 least 1 each. Config paths are relative to the current directory, as for ``protpeft train``.
 
+Storage: ``--storage`` (a directory every training node shares, or ``s3://BUCKET/PREFIX``) becomes every job's
+``engine.storage``; without it each job keeps its own (default ``<output_dir>/ray_results``). Each job's Ray Train
+run is ``<storage>/<job name>``. Every distinct storage is parsed in this process (an object store's filesystem
+carries the credentials read here) and checked once before any job starts — reachable and writable, and on a
+cluster of several nodes shared by all of them — so a bad setting is one line, not a failure per job.
+
 Every job's driver is a Ray task (no resources of its own) that runs ``launch_training``; its TorchTrainer asks the
 cluster for the job's workers, so what does not fit waits in Ray's queue. The live table shows each job's state
 (set by its driver in a small actor) and its progress, read from its run directory's ``metrics.jsonl``
@@ -43,6 +49,7 @@ import yaml
 from protpeft.config import RunConfig, load_config, read_yaml_mapping, worker_resource_values
 from protpeft.errors import ConfigError
 from protpeft.progress import METRICS_FILE, RunProgress, planned_steps
+from protpeft.trainer.storage import RunStorage
 
 __all__ = ["Job", "load_jobs", "run_many"]
 
@@ -102,11 +109,12 @@ def _grid_jobs(spec: dict[str, Any], where: str) -> list[tuple[dict[str, Any], d
     return jobs
 
 
-def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
+def load_jobs(spec: str | Path | dict | list, forced: dict[str, Any] | None = None) -> tuple[list[Job], Path]:
     """Parse and validate a JOBS spec (a YAML path or its loaded content) → (jobs, output directory).
 
     Each job's config is built once: its YAML, the spec's and the job's ``set`` strings, then its grid values,
-    resources and name as typed values, validated together.
+    resources and name as typed values, then ``forced`` (dotted keys the command line sets for every job, e.g.
+    ``{"engine.storage": ...}``), validated together.
 
     Raises:
         ConfigError: unreadable file, unknown keys, invalid job configs (named by job), or duplicate job names.
@@ -146,7 +154,7 @@ def load_jobs(spec: str | Path | dict | list) -> tuple[list[Job], Path]:
             raise ConfigError(f"{where}: job {entry.get('name', i)}: unknown keys {bad}")
         label = f"{where}: job {entry.get('name', i)}"
         resources = entry.get("resources", spec.get("resources"))
-        values = {**grid_values, **_resource_values(resources, label)}
+        values = {**grid_values, **_resource_values(resources, label), **(forced or {})}
         if entry.get("name"):
             values["name"] = str(entry["name"])
         try:
@@ -180,15 +188,18 @@ class ProgressBoard:
         return dict(self.states)
 
 
-def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any) -> dict[str, Any]:
+def _drive_job(cfg: RunConfig, name: str, board: Any, run: Any, storage: RunStorage) -> dict[str, Any]:
     """One job's driver (a Ray task): launch its training inside its tracked run (``run``: a
-    :class:`~protpeft.registry.run_lifecycle.TrackedRun`, or None) and report its end state; never raises."""
+    :class:`~protpeft.registry.run_lifecycle.TrackedRun`, or None) on ``storage`` (checked by the launching
+    process) and report its end state; never raises."""
     from protpeft.trainer.ray_launch import launch_training, root_cause
 
     board.update.remote(name, "STARTING")
     try:
         with _tracked(cfg, run) as tracked:
-            summary = launch_training(cfg, logger_factory=tracked.logger_factory)
+            summary = launch_training(
+                cfg, logger_factory=tracked.logger_factory, storage_path=storage, storage_checked=True
+            )
         summary.update(state="FINISHED", error=None)
     except Exception as err:  # one failing job must not stop the others
         summary = {"state": "FAILED", "error": root_cause(err.__cause__ or err), "run_dir": str(cfg.run_dir)}
@@ -235,6 +246,22 @@ def _progress_table(jobs: list[Job], states: dict[str, str], progress: dict[str,
     return table
 
 
+def checked_storages(cfgs: list[RunConfig]) -> list[RunStorage]:
+    """Each config's storage parsed here, and every distinct location checked once (:meth:`RunStorage.check`),
+    before Ray starts: one list entry per config, jobs on the same location sharing one object.
+
+    Raises:
+        StorageError: the first unusable location, in one line saying what to pass.
+    """
+    from protpeft.trainer.ray_run_store import run_storage
+
+    distinct: dict[str, RunStorage] = {}
+    storages = [distinct.setdefault(s.uri, s) for s in map(run_storage, cfgs)]
+    for storage in distinct.values():
+        storage.check()
+    return storages
+
+
 # --------------------------------------------------------------------------------------------------------------
 # run-many
 
@@ -245,6 +272,7 @@ def run_many(
     address: str | None = None,
     tracking: Callable[[RunConfig], Any] | None = None,
     output: str | Path | None = None,
+    storage: str | None = None,
     console: Any = None,
     refresh_s: float = 1.0,
 ) -> list[dict[str, Any]]:
@@ -256,22 +284,34 @@ def run_many(
         tracking: ``cfg -> TrackedRun`` (or None) for each job: its MLflow run, created here
             (:func:`protpeft.registry.run_lifecycle.start`).
         output: where ``summary.json`` and ``summary.md`` go (default: the spec's ``output``).
+        storage: every job's ``engine.storage`` (``--storage``: a directory or ``s3://bucket/prefix``); each job's
+            run is ``<storage>/<job name>``.
         console: a Rich console for the tables (default stdout).
+
+    Raises:
+        ConfigError: an invalid JOBS spec or DeepSpeed JSON. StorageError: a storage unusable as given. Both before
+        any job starts.
     """
     import ray
     from rich.console import Console
     from rich.live import Live
     from rich.markup import escape
 
+    from protpeft.trainer.cluster_checks import check_storage_shared, other_training_nodes
     from protpeft.trainer.ray_cluster import connect
-    from protpeft.trainer.ray_launch import absolute_paths, root_cause
+    from protpeft.trainer.ray_launch import for_workers, root_cause
     from protpeft.trainer.resources import node_cpus, with_worker_cpus
     from protpeft.trainer.run_summary import summary_rows, summary_table, write_summary
 
-    jobs, default_output = load_jobs(jobs_file_or_spec)
+    jobs, default_output = load_jobs(jobs_file_or_spec, {"engine.storage": storage} if storage else None)
     output = Path(output or default_output)
     console = console or Console()
+    cfgs = [for_workers(job.cfg) for job in jobs]  # against this directory, not the driver task's
+    storages = checked_storages(cfgs)
     connect(address)
+    others = other_training_nodes()
+    for shared in {s.uri: s for s in storages}.values():
+        check_storage_shared(shared, others)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # The job drivers run on this machine's node: they read the user's files and write the run directories here,
@@ -281,14 +321,13 @@ def run_many(
     driver = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here)(_drive_job)
     nodes, together = node_cpus(), sum(job.cfg.engine.workers for job in jobs)
     refs, progress = {}, {}
-    for job in jobs:
-        cfg = absolute_paths(job.cfg)  # against this directory, not the driver task's
+    for job, cfg, job_storage in zip(jobs, cfgs, storages, strict=True):
         cfg = with_worker_cpus(cfg, nodes, together)  # auto: the cluster's CPUs shared by every job's workers
         progress[job.name] = RunProgress(
             cfg.run_dir / METRICS_FILE, total=planned_steps(cfg), metric=cfg.engine.checkpoint_metric
         )
         run = tracking(cfg) if tracking is not None else None
-        refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run)] = job
+        refs[driver.options(name=f"run-many:{job.name}").remote(cfg, job.name, board, run, job_storage)] = job
 
     results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()

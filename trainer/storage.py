@@ -126,6 +126,10 @@ class RunStorage:
     def uri_of(self, rel: str = "") -> str:
         return self.path(rel) if self.is_local else f"s3://{self.path(rel)}"
 
+    def child(self, rel: str) -> RunStorage:
+        """The location ``rel`` inside this one, on the same filesystem (its credentials included)."""
+        return RunStorage(self.uri_of(rel), self.filesystem, self.path(rel))
+
     def for_ray(self) -> dict[str, object]:
         """Keyword arguments for Ray Train's ``RunConfig``/Tune's ``RunConfig``: the path is already stripped of its
         scheme, as Ray requires when it is given the filesystem."""
@@ -134,6 +138,20 @@ class RunStorage:
     # ---- data ---------------------------------------------------------------------------------------------------
     def exists(self, rel: str = "") -> bool:
         return self.filesystem.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write (or replace) the file ``rel``; its directory is created as needed."""
+        if self.is_local:
+            Path(self.path(rel)).parent.mkdir(parents=True, exist_ok=True)
+        with self.filesystem.open_output_stream(self.path(rel)) as stream:
+            stream.write(data)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The file ``rel``'s content, or None when there is no such file."""
+        if self.filesystem.get_file_info(self.path(rel)).type != pafs.FileType.File:
+            return None
+        with self.filesystem.open_input_stream(self.path(rel)) as stream:
+            return stream.read()
 
     def remove(self, rel: str) -> None:
         """Delete the file or directory ``rel`` (recursively); nothing happens when it does not exist."""
@@ -179,8 +197,7 @@ class RunStorage:
         rel = f"{prefix.strip('/')}/{key}"
         if not self.exists(f"{rel}/{STAGED_MARKER}"):
             self.upload_dir(local_dir, rel)
-            with self.filesystem.open_output_stream(self.path(f"{rel}/{STAGED_MARKER}")) as stream:
-                stream.write(key.encode())
+            self.write_bytes(f"{rel}/{STAGED_MARKER}", key.encode())
         return self.uri_of(rel)
 
     # ---- checks -------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """protpeft.tune: hyperparameter search with Ray Tune over Ray Train runs, and the robustness report.
 
 ``run_search("TUNE.yaml")`` runs a search (see :mod:`protpeft.tune.space` for the file's format) and returns an
-:class:`~protpeft.tune.experiment.ExperimentResult`; ``write_report(experiment_dir)`` writes the report. Ray and
+:class:`~protpeft.tune.outcome.ExperimentResult`; ``write_report(experiment_dir)`` writes the report. Ray and
 matplotlib are imported when these are called, so importing this package stays cheap.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .space import SearchSpec, TuneSpec, load_search
 
 if TYPE_CHECKING:
-    from .experiment import ExperimentResult
+    from .outcome import ExperimentResult
     from .report import ReportFiles
 
 __all__ = ["ExperimentResult", "ReportFiles", "SearchSpec", "TuneSpec", "load_search", "run_search", "write_report"]

@@ -44,7 +44,12 @@ def run_command(
     ],
     address: ClusterOpt = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the interrupted experiment; finished trials are kept.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted experiment; finished trials are kept. An experiment kept in storage "
+            "resumes anywhere with the same --storage (its directory here may be gone).",
+        ),
     ] = False,
     register_best: Annotated[
         str | None,
@@ -79,7 +84,9 @@ def run_command(
     )
     console.print(trials_table(result.trials, result.best))
     if result.interrupted:
-        console.print(f"interrupted; continue with: protpeft tune --resume {result.experiment_dir}", highlight=False)
+        where = f" --storage {result.storage}" if result.storage else ""  # found there from any machine
+        console.print(f"interrupted; continue with: protpeft tune --resume {result.experiment_dir}{where}",
+                      highlight=False)  # fmt: skip
         raise typer.Exit(130)
     console.print(f"trials: {result.trials_file}", highlight=False)
     if result.report is not None:

@@ -11,12 +11,13 @@ Names are stable so an interrupted experiment resumes: the Train run of trial ``
 ``<experiment>/trials/trial-T``, and its MLflow child run is found again by its tags. The driver itself holds no CPU
 (Tune refuses an empty resource request, so it asks for one byte of ``memory``): each trial's workers get the CPUs.
 
-Layout of an experiment directory::
+Layout of an experiment directory (with a storage, Ray Tune's files and ``train/`` are in ``<storage>/<name>``
+instead, with copies of protpeft's files: :mod:`protpeft.tune.experiment_files`)::
 
-    <storage>/<name>/            Ray Tune's experiment (tuner.pkl, experiment_state-*.json, one folder per trial)
+    <name>/                      Ray Tune's experiment (tuner.pkl, experiment_state-*.json, one folder per trial)
       search.json                the resolved search, its MLflow parent run and tracking URI (for --resume)
       trials/trial-<trial_id>/   each trial's protpeft run directory (registrable)
-      train/train-trial_id=<id>/ each trial's Ray Train storage (checkpoints)
+      train/train-trial_id=<id>/ each trial's Ray Train storage (checkpoints, the published artefact)
       attempts.jsonl             one line per driver start (a resumed trial shows a second start)
       ledger/                    how each trial ended, and a snapshot of all trials at the end of a run
       trials.json                one row per trial, written by the experiment; read by the report
@@ -41,6 +42,7 @@ __all__ = [
     "TrialContext",
     "train_trial",
     "train_run_name",
+    "trial_run_dir",
 ]
 
 DRIVER_RESOURCES = {"memory": 1}
@@ -54,6 +56,11 @@ def train_run_name(trial_id: str) -> str:
     return f"train-trial_id={trial_id}"
 
 
+def trial_run_dir(experiment_dir: str | Path, trial_id: str) -> Path:
+    """The trial's protpeft run directory, in the experiment directory on the driver."""
+    return Path(experiment_dir) / "trials" / f"trial-{trial_id}"
+
+
 @dataclass(frozen=True)
 class TrialContext:
     """What every trial shares (picklable; passed with ``tune.with_parameters``)."""
@@ -65,8 +72,10 @@ class TrialContext:
     """MLflow store; None when the base config turns tracking off."""
     parent_run_id: str | None = None
     storage: Any = None
-    """The trials' :class:`~protpeft.trainer.storage.RunStorage` (``<engine.storage>/<experiment>/train``), or None
-    for the experiment's own directory."""
+    """Where the trials' Ray Train runs keep checkpoints and artefacts: a
+    :class:`~protpeft.trainer.storage.RunStorage`, ``<experiment>/train`` in the experiment's storage or directory.
+    Parsed in the user's process, so the filesystem object carries the endpoint and credentials read there: a trial
+    runs where those variables may not be set."""
 
     @property
     def spec(self) -> SearchSpec:
@@ -75,21 +84,14 @@ class TrialContext:
     def trial_config(self, sampled: dict[str, Any], trial_id: str) -> RunConfig:
         """The trial's run config: base + sampled values, named after the trial, never registering by itself."""
         spec = self.spec
+        run_dir = trial_run_dir(self.experiment_dir, trial_id)
         identity = {
-            "name": f"trial-{trial_id}",
-            "output_dir": str(Path(self.experiment_dir) / "trials"),
+            "name": run_dir.name,
+            "output_dir": str(run_dir.parent),
             "tracking.register_as": None,
             "tracking.alias": None,
         }
         return spec.trial_config(spec.decode(sampled), identity)
-
-    def train_storage(self) -> Any:
-        """Where the trials' Ray Train runs keep checkpoints and artefacts: ``storage`` when the search was started
-        with one (parsed in the user's process, so the filesystem object carries the endpoint and credentials read
-        there: a trial runs where those variables may not be set), else ``<experiment>/train``."""
-        from protpeft.trainer.storage import RunStorage
-
-        return self.storage if self.storage is not None else RunStorage.parse(Path(self.experiment_dir) / "train")
 
     def record_attempt(self, trial_id: str) -> None:
         line = json.dumps({"trial_id": trial_id, "time": round(time.time(), 3), "pid": os.getpid()})
@@ -159,9 +161,9 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = context.trial_config(config, trial_id)
     context.record_attempt(trial_id)
-    storage = context.train_storage()
+    storage = context.storage
     data = check_inputs(cfg)
-    base, _ = cluster_inputs(cfg, storage)
+    base, _ = cluster_inputs(cfg, storage, check_shared=False)  # the experiment checked it once for all trials
     # The trial's MLflow run is ended by the experiment, which knows how each trial ended (finished, stopped by
     # ASHA, interrupted, failed): a trial stopped from outside may see its Train run abort like a failure.
     run = context.tracking(cfg, trial_id)

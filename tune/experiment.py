@@ -8,15 +8,16 @@ search algorithm is Ray Tune's ``BasicVariantGenerator`` (grid / random) or ``Op
 
 An interrupted experiment (Ctrl+C, a killed driver) resumes with ``Tuner.restore(..., resume_unfinished=True)``:
 finished trials are kept as they are, unfinished ones restart and their Train runs continue from their last
-checkpoint. After the search ``trials.json`` holds one row per trial (see :func:`collect_trials`); the best finished
-trial can be registered, and the robustness report is written (:mod:`protpeft.tune.report`).
+checkpoint. With a storage (``--storage s3://...``) the experiment is kept there
+(:mod:`protpeft.tune.experiment_files`) and resumes from any machine: ``tune --resume EXPERIMENT --storage STORAGE``.
+After the search ``trials.json`` holds one row per trial (see :func:`collect_trials`); the best finished trial can be
+registered, and the robustness report is written (:mod:`protpeft.tune.outcome`, :mod:`protpeft.tune.report`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,10 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from protpeft.config import apply_overrides
 from protpeft.errors import ProtpeftError
 from protpeft.trainer.resources import node_cpus, worker_cpus
-from protpeft.trainer.run_summary import best_row
-from protpeft.tune.driver import DRIVER_RESOURCES, TRIAL_TAG, TrialContext, train_trial
-from protpeft.tune.ledger import (
-    FAILED,
-    FINISHED,
-    INTERRUPTED,
-    PENDING,
-    STOPPED,
-    TrialLedger,
-    collect_trials,
-    read_json,
-    write_json,
-)
+from protpeft.tune.driver import DRIVER_RESOURCES, TrialContext, train_trial
+from protpeft.tune.experiment_files import SEARCH_FILE, ExperimentFiles, read_json
+from protpeft.tune.ledger import TrialLedger, collect_trials
+from protpeft.tune.outcome import ExperimentResult, finish_search
 from protpeft.tune.space import SearchSpec, load_search, restore_search
 
 __all__ = [
@@ -49,30 +41,6 @@ __all__ = [
     "trial_capacity",
     "with_trial_cpus",
 ]
-
-SEARCH_FILE = "search.json"
-TRIALS_FILE = "trials.json"
-TUNER_FILE = "tuner.pkl"
-
-
-@dataclass
-class ExperimentResult:
-    experiment_dir: Path
-    trials: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    interrupted: bool
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
-    registered: str | None = None
-    """``name/version`` of the registered best trial."""
-    report: Path | None = None
-    """The Markdown report (None while the experiment is unfinished)."""
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def trials_file(self) -> Path:
-        return self.experiment_dir / TRIALS_FILE
-
 
 # --------------------------------------------------------------------------------------------------------------
 # set-up: the search, its directory, its MLflow parent run
@@ -139,32 +107,39 @@ def _start_parent_run(search: SearchSpec, uri: str) -> str:
 
 def _prepare(
     tune_file: str | Path, resume: bool, storage: str | None = None
-) -> tuple[SearchSpec, Path, dict[str, Any]]:
-    """The search, its experiment directory and its saved state (tracking URI, parent run) — created for a new
-    experiment, read back for a resumed one. ``storage`` (``--storage``) becomes the trials' ``engine.storage``."""
-    from protpeft.trainer.ray_launch import absolute_paths
-
+) -> tuple[SearchSpec, ExperimentFiles, dict[str, Any]]:
+    """The search, its files and its saved state (tracking URI, parent run) — created for a new experiment, read
+    back for a resumed one. ``storage`` (``--storage``) becomes the trials' ``engine.storage`` and keeps the
+    experiment; on resume it finds the experiment there, by the experiment directory's name (which need not exist
+    here) or the TUNE file's."""
     path = Path(tune_file)
+    if resume and not path.is_file():
+        return _resumed(path.expanduser().resolve(), storage)
     if path.is_dir():
-        if not resume:
-            raise ProtpeftError(f"{path} is an experiment directory: add --resume to continue it")
-        exp_dir = path.resolve()
-    else:
-        search = load_search(path)
-        exp_dir = search.experiment_dir()
-    saved = read_json(exp_dir / SEARCH_FILE, None)
+        raise ProtpeftError(f"{path} is an experiment directory: add --resume to continue it")
+    search = load_search(path)
     if resume:
-        if saved is None or not (exp_dir / TUNER_FILE).is_file():
-            raise ProtpeftError(f"nothing to resume at {exp_dir}: no experiment was started there")
-        return restore_search(saved["search"]), exp_dir, saved
-    if (exp_dir / TUNER_FILE).is_file() or saved is not None:
-        raise ProtpeftError(
-            f"experiment {exp_dir} exists: continue it with --resume, or choose another name (or remove it)"
-        )
-    sample = absolute_paths(search.sample_config())  # a trial runs in Tune's trial directory, not here
+        return _resumed(search.experiment_dir(), storage)
+    return _started(search, storage)
+
+
+def _started(search: SearchSpec, storage: str | None) -> tuple[SearchSpec, ExperimentFiles, dict[str, Any]]:
+    """A new experiment: its storage checked, then its saved state and MLflow parent run created."""
+    from protpeft.trainer.ray_launch import for_workers
+    from protpeft.trainer.storage import RunStorage
+
+    exp_dir = search.experiment_dir()
+    sample = for_workers(search.sample_config())  # a trial runs in Tune's trial directory, not here
     search.base = sample.to_dict()
     if storage is not None:
-        search.base["engine"]["storage"] = storage
+        search.base["engine"]["storage"] = RunStorage.parse(storage).uri  # absolute: resumed from anywhere
+    files = ExperimentFiles.at(exp_dir, search.base["engine"].get("storage"))
+    if files.storage is not None:
+        files.storage.check()  # one line before anything is written
+    if files.started() or (exp_dir / SEARCH_FILE).is_file() or files.stored(SEARCH_FILE):
+        raise ProtpeftError(
+            f"experiment {files.where} exists: continue it with --resume, or choose another name (or remove it)"
+        )
     uri = None
     if sample.tracking.mlflow:
         from protpeft.registry.store import ensure_store
@@ -174,16 +149,31 @@ def _prepare(
     state = {"search": search.to_dict(), "tracking_uri": uri, "parent_run_id": None, "created": time.time()}
     if uri is not None:
         state["parent_run_id"] = _start_parent_run(search, uri)
-    write_json(exp_dir / SEARCH_FILE, state)
-    return search, exp_dir, state
+    files.write(SEARCH_FILE, state)
+    return search, files, state
 
 
-def _trial_storage(search: SearchSpec, exp_dir: Path) -> Any:
-    """``<engine.storage>/<experiment>/train`` when the search's base config names a storage, else None."""
+def _resumed(exp_dir: Path, storage: str | None) -> tuple[SearchSpec, ExperimentFiles, dict[str, Any]]:
+    """An experiment to continue: kept in ``storage`` (or the storage its saved state names), its files brought
+    back into ``exp_dir`` where missing; or kept in ``exp_dir`` itself."""
     from protpeft.trainer.storage import RunStorage
 
-    root = (search.base.get("engine") or {}).get("storage")
-    return RunStorage.parse(f"{str(root).rstrip('/')}/{exp_dir.name}/train") if root else None
+    if storage:
+        root = RunStorage.parse(storage).uri
+    else:  # the storage this directory's experiment was started with, if any
+        here = read_json(exp_dir / SEARCH_FILE, {})
+        root = (here.get("search", {}).get("base", {}).get("engine") or {}).get("storage")
+    files = ExperimentFiles.at(exp_dir, root)
+    if files.storage is not None:
+        files.storage.check()
+        files.download_missing()
+    saved = read_json(exp_dir / SEARCH_FILE, None)
+    if saved is None or not files.started():
+        hint = "" if storage else " (an experiment kept in object storage resumes with --storage s3://BUCKET/PREFIX)"
+        raise ProtpeftError(f"nothing to resume at {files.where}: no experiment was started there{hint}")
+    if storage:
+        saved["search"]["base"].setdefault("engine", {})["storage"] = root
+    return restore_search(saved["search"]), files, saved
 
 
 class FinishingASHA(ASHAScheduler):
@@ -230,36 +220,7 @@ def _tune_config(search: SearchSpec, capacity: int):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# after the search: MLflow bookkeeping, registration
-
-
-def _close_runs(rows: list[dict[str, Any]], uri: str, parent_run_id: str, metric: str, best, interrupted: bool):
-    """Give every child run its trial's end (a trial stopped by ASHA or an interruption was killed before it could
-    say so) and its id in the row; record the best trial on the parent run."""
-    from protpeft.registry import store
-
-    client = store.client(uri)
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    )
-    by_trial = {run.data.tags.get(TRIAL_TAG): run for run in children}
-    status = {STOPPED: "KILLED", INTERRUPTED: "KILLED", FAILED: "FAILED"}
-    for row in rows:
-        run = by_trial.get(row["trial_id"])
-        if run is None:
-            continue
-        row["mlflow_run_id"] = run.info.run_id
-        client.set_tag(run.info.run_id, "protpeft.tune.state", row["state"])
-        if row["state"] in status and run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status[row["state"]])
-    counts = {s: sum(r["state"] == s for r in rows) for s in (FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED)}
-    for state, n in counts.items():
-        client.log_metric(parent_run_id, f"trials_{state.lower()}", n)
-    if best is not None:
-        client.set_tag(parent_run_id, "best_trial_id", best["trial_id"])
-        client.log_metric(parent_run_id, f"best_{metric}", best["metrics"][metric])
-    client.set_terminated(parent_run_id, "KILLED" if interrupted else "FINISHED")
+# the search
 
 
 def run_search(
@@ -276,10 +237,13 @@ def run_search(
     """Run (or resume) the hyperparameter search of ``tune_file`` and write ``trials.json`` and the report.
 
     Args:
-        tune_file: a TUNE.yaml; with ``resume`` also its experiment directory.
+        tune_file: a TUNE.yaml; with ``resume`` also its experiment directory (with ``storage``, one that need not
+            exist here: the experiment is found in the storage by the directory's name).
         address: cluster to join (default ``$RAY_ADDRESS``, else a new local instance).
-        storage: where the trials' checkpoints and artefacts go (``engine.storage`` of every trial: a directory
-            shared by all nodes, or ``s3://bucket/prefix``; default ``<experiment>/train``).
+        storage: where the experiment is kept (``<storage>/<experiment>``: Ray Tune's experiment, the trials'
+            checkpoints and artefacts in ``train/``, copies of protpeft's files; ``engine.storage`` of every trial): a
+            directory shared by all nodes, or ``s3://bucket/prefix``; default: the experiment directory. With
+            ``resume``, where to find the experiment (default: the storage it was started with).
         resume: continue the experiment: finished trials are kept, unfinished ones continue from their checkpoints.
         register_best: register the best finished trial's run directory under this model name.
         alias: with ``register_best``, the alias the new version gets (e.g. ``champion``).
@@ -298,15 +262,15 @@ def run_search(
     from protpeft.trainer.cluster_checks import check_storage_shared, driver_node_pin, other_training_nodes
     from protpeft.trainer.ray_cluster import connect
 
-    search, exp_dir, state = _prepare(tune_file, resume, storage)
+    search, files, state = _prepare(tune_file, resume, storage)
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
     connect(address)
     import ray
 
     search = with_trial_cpus(search, node_cpus())
-    context = TrialContext(search.to_dict(), str(exp_dir), uri, parent, _trial_storage(search, exp_dir))
-    train_storage = context.train_storage()
+    train_storage = files.train_storage()
     train_storage.check()
+    context = TrialContext(search.to_dict(), str(files.local), uri, parent, train_storage)
     capacity = trial_capacity(search, ray.cluster_resources())
     check_storage_shared(train_storage, other_training_nodes())
     # Trial drivers stay on this machine's node (they read the data, write the trials' run directories and, through
@@ -318,13 +282,13 @@ def run_search(
             from protpeft.registry import store
 
             store.client(uri).update_run(parent, status="RUNNING")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(**files.tune_restore(), trainable=trainable, resume_unfinished=True)
+        _ledger_writes_here(tuner, files)
     else:
         run_config = tune.RunConfig(
-            name=exp_dir.name,
+            **files.tune_location(),
             verbose=1,  # the status table as trials start and end; per-result tables would drown it
-            storage_path=str(exp_dir.parent),
-            callbacks=[TrialLedger(str(exp_dir)), *(callbacks or [])],
+            callbacks=[TrialLedger(files), *(callbacks or [])],
             failure_config=tune.FailureConfig(max_failures=search.spec.search.max_trial_failures),
         )
         tuner = tune.Tuner(
@@ -334,61 +298,15 @@ def run_search(
             run_config=run_config,
         )
     tuner.fit()
-    return finish_search(exp_dir, search, uri, parent, register_best=register_best, alias=alias, report=report)
+    return finish_search(files, search, uri, parent, register_best=register_best, alias=alias, report=report)
 
 
-def finish_search(
-    exp_dir: Path,
-    search: SearchSpec,
-    uri: str | None,
-    parent: str | None,
-    *,
-    register_best: str | None = None,
-    alias: str | None = None,
-    report: bool = True,
-) -> ExperimentResult:
-    """After ``Tuner.fit``: trials.json, MLflow end states, the best trial's registration, the report."""
-    settings = search.spec.search
-    rows = collect_trials(exp_dir, search)
-    interrupted = any(r["state"] in (PENDING, INTERRUPTED) for r in rows) or len(rows) == 0
-    best = best_row(rows, settings.metric, settings.mode)
-    if uri is not None and parent is not None:
-        _close_runs(rows, uri, parent, settings.metric, best, interrupted)
-    registered = None
-    if register_best and best is not None and not interrupted:
-        from protpeft.registry import register_run
-
-        version = register_run(
-            best["run_dir"], register_best, alias, mlflow_run_id=best["mlflow_run_id"], tracking_uri=uri
-        )
-        registered = f"{version.name}/{version.version}"
-    counts = {s: sum(r["state"] == s for r in rows) for s in (FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED)}
-    write_json(
-        exp_dir / TRIALS_FILE,
-        {
-            "experiment": search.name,
-            "experiment_dir": str(exp_dir),
-            "metric": settings.metric,
-            "mode": settings.mode,
-            "algorithm": settings.algorithm,
-            "asha": search.spec.asha.enabled,
-            "space": {k: d.model_dump(exclude_none=True) for k, d in search.spec.space.items()},
-            "log_scale": [k for k, d in search.spec.space.items() if d.log_scale()],
-            "parent_run_id": parent,
-            "tracking_uri": uri,
-            "interrupted": interrupted,
-            "counts": counts,
-            "best_trial_id": best["trial_id"] if best else None,
-            "registered": registered,
-            "trials": rows,
-        },
-    )
-    report_path = None
-    if report and not interrupted:
-        from protpeft.tune.report import log_report, write_report
-
-        files = write_report(exp_dir)
-        report_path = files.markdown
-        if uri is not None and parent is not None:
-            log_report(files, uri, parent)
-    return ExperimentResult(exp_dir, rows, best, interrupted, parent, uri, registered, report_path, counts)
+def _ledger_writes_here(tuner: Any, files: ExperimentFiles) -> None:
+    """Tune restores an experiment's callbacks from its own pickle, so the ledger would write into the directory
+    the experiment was first run in (another machine's, or a directory since removed): point it at this one."""
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None:  # through Ray Client the tuner and its callbacks run on the cluster
+        return
+    for callback in internal.get_run_config().callbacks or []:
+        if isinstance(callback, TrialLedger):
+            callback.files = files

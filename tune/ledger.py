@@ -10,6 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from protpeft.tune.experiment_files import ATTEMPTS_FILE, ENDS_FILE, SNAPSHOT_FILE, ExperimentFiles, read_json
 from protpeft.tune.space import SearchSpec
 
 __all__ = [
@@ -20,45 +21,27 @@ __all__ = [
     "STOPPED",
     "TrialLedger",
     "collect_trials",
-    "read_json",
-    "write_json",
 ]
 
-LEDGER_DIR = "ledger"
-"""Where :class:`TrialLedger` writes: not the experiment's top level, whose ``*.json`` files Tune downloads into its
-staging directory on restore and uploads again later, overwriting what was written meanwhile."""
-ENDS_FILE = f"{LEDGER_DIR}/trial_ends.json"
-SNAPSHOT_FILE = f"{LEDGER_DIR}/trial_snapshot.json"
-ATTEMPTS_FILE = "attempts.jsonl"
 FINISHED, STOPPED, FAILED, PENDING, INTERRUPTED = "FINISHED", "STOPPED", "FAILED", "PENDING", "INTERRUPTED"
 """Trial states in trials.json: trained to the end; stopped early by ASHA; failed; not started; cut off by an
 interruption (resumed by ``--resume``)."""
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else default
 
 
 class TrialLedger(Callback):
     """Records in the experiment directory how each trial ended and, at the end of a (possibly interrupted) run,
     a snapshot of every trial. Tune reports the trials an interruption cut off as TERMINATED, like finished ones;
     only ``on_trial_complete`` (which an interruption does not call) tells them apart. Files, not attributes: on
-    resume Tune restores this callback from its own pickle."""
+    resume Tune restores this callback from its own pickle (the resuming experiment points ``files`` at its own
+    directory). Each file is copied to the experiment's storage as it is written."""
 
-    def __init__(self, experiment_dir: str) -> None:
-        self.dir = Path(experiment_dir)
+    def __init__(self, files: ExperimentFiles) -> None:
+        self.files = files
 
     def _end(self, trial, how: str) -> None:
-        ends = read_json(self.dir / ENDS_FILE, {})
+        ends = read_json(self.files.local / ENDS_FILE, {})
         ends[trial.trial_id] = how
-        write_json(self.dir / ENDS_FILE, ends)
+        self.files.write(ENDS_FILE, ends)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial, "complete")
@@ -81,7 +64,7 @@ class TrialLedger(Callback):
                     "error": root_cause(error) if error is not None else None,
                 }
             )
-        write_json(self.dir / SNAPSHOT_FILE, snapshot)
+        self.files.write(SNAPSHOT_FILE, snapshot)
 
 
 def _state(status: str, end: str | None, last: dict[str, Any]) -> str:

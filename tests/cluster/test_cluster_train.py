@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from drivers import driver_env, work_dir, write_config
 from parity import COMMON, STEPS, TOLERANCE, train_losses
 
@@ -118,18 +119,19 @@ def test_bad_storage_fails_before_any_worker_starts(local_cluster, make_config, 
 
 
 def test_local_storage_on_a_multi_node_cluster_is_refused(local_cluster, make_config) -> None:
+    """By `train`, and by `run-many` once for all its jobs before any of them starts."""
     work = work_dir(local_cluster, "local")
     cfg = make_config("ppi", "lora", "optim.max_steps=1", f"output_dir={work / 'runs'}", name="local", small=True)
     config_file = write_config(cfg, work / "local.yaml")
-    done = _protpeft(
-        local_cluster,
-        ["train", str(config_file), "--address", local_cluster.gcs_address],
-        cwd=work,
-        timeout=180,
-    )
-    assert done.returncode != 0
-    assert "is a directory of this machine only" in done.stderr and "--storage s3://" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    jobs_file = work / "jobs.yaml"
+    jobs_file.write_text(yaml.safe_dump({"output": str(work / "compare"), "jobs": [
+        {"name": "one", "config": str(config_file)}, {"name": "two", "config": str(config_file)}]}))  # fmt: skip
+    for command in (["train", str(config_file)], ["run-many", str(jobs_file), "--storage", str(work / "store")]):
+        done = _protpeft(local_cluster, [*command, "--address", local_cluster.gcs_address], cwd=work, timeout=180)
+        assert done.returncode != 0
+        assert "is a directory of this machine only" in done.stderr and "--storage s3://" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not any((work / where).exists() for where in ("compare", "runs/one", "runs/two"))  # no job, no summary
 
 
 def test_a_job_larger_than_the_cluster_is_refused_before_work(local_cluster, make_config) -> None:

@@ -1,6 +1,8 @@
 """``protpeft tune`` on the shared-nothing cluster with storage on S3: 4 LoRA trials, 2 at a time (one 1-worker
-trial per worker node), interrupted with Ctrl+C after the first trial finished, resumed with ``tune --resume``, the
-best trial registered as ``NAME@champion``; then, on the driver, ``registry pull`` and ``predict`` by that name.
+trial per worker node), interrupted with Ctrl+C after the first trial finished; the driver's experiment directory is
+then removed, and ``tune --resume`` with the same ``--storage`` restores the experiment from S3 alone (Ray Tune's
+state, protpeft's search and ledger, the finished trials' artefacts); the best trial is registered as
+``NAME@champion``; then, on the driver, ``registry pull`` and ``predict`` by that name.
 
 Trial drivers stay on the driver's node (the head), where the data, the base model and the MLflow store are; the
 trials' workers run on the worker nodes, which see none of them: the data travels through Ray, the base model and
@@ -10,6 +12,7 @@ every checkpoint and artefact through S3.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,11 +69,19 @@ def test_tune_on_the_cluster_survives_ctrl_c_and_registers_the_best(local_cluste
             if first.poll() is None:
                 first.kill()
     before = json.loads((exp_dir / "trials.json").read_text())
-    assert before["interrupted"] and any(t["state"] == "FINISHED" for t in before["trials"])
+    assert before["interrupted"]
+    done_before = {t["trial_id"]: t for t in before["trials"] if t["state"] == "FINISHED"}
+    assert done_before, [t["state"] for t in before["trials"]]
+    assert f"--resume {exp_dir} --storage {storage}" in (work / "first.log").read_text()
+    kept = local_cluster.s3.filesystem()
+    root = f"{storage.removeprefix('s3://')}/search"
+    for name in ("tuner.pkl", "protpeft/search.json", "protpeft/ledger/trial_ends.json", "protpeft/attempts.jsonl"):
+        assert kept.get_file_info(f"{root}/{name}").size, name  # the experiment is in S3 ...
+    shutil.rmtree(exp_dir)  # ... and only there: the driver's experiment directory is gone
 
-    # -- resume: every trial ends, the best is registered
+    # -- resume from S3: every trial ends, the finished ones are not run again, the best is registered
     resumed = subprocess.run(
-        [sys.executable, "-m", "protpeft", "tune", "--resume", str(exp_dir), *cluster,
+        [sys.executable, "-m", "protpeft", "tune", "--resume", str(exp_dir), *cluster, "--storage", storage,
          "--register-best", "cluster-tuned", "--alias", "champion"],
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -78,6 +89,10 @@ def test_tune_on_the_cluster_survives_ctrl_c_and_registers_the_best(local_cluste
     after = json.loads((exp_dir / "trials.json").read_text())
     assert [t["state"] for t in after["trials"]] == ["FINISHED"] * 4
     assert all(t["steps"] == 8 for t in after["trials"])
+    rows = {t["trial_id"]: t for t in after["trials"]}
+    for tid, done in done_before.items():  # kept as they were; their run directories pulled back from S3
+        assert rows[tid]["attempts"] == 1 and rows[tid]["metrics"] == done["metrics"]
+        assert (exp_dir / "trials" / f"trial-{tid}" / "adapter_model.safetensors").is_file()
 
     # -- on the driver: pull the champion by name and predict with it
     pulled = subprocess.run([sys.executable, "-m", "protpeft", "registry", "pull", "cluster-tuned@champion",

@@ -1,5 +1,6 @@
 """``run-many``: four jobs (2 LoRA, 1 frozen, 1 full) share a 2-CPU local cluster — two train at a time, the rest
-wait in Ray's queue — and all finish with a summary, while a job that fails on purpose does not stop them."""
+wait in Ray's queue — and all finish with a summary, while a job that fails on purpose does not stop them; with
+``--storage``, each job's run is kept in ``<storage>/<job name>`` and comes back to its run directory here."""
 
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ def common_set(tiny_model: Path, small_ppi: dict, tmp_path: Path) -> list[str]:
     ]
 
 
-def run_quietly(spec: dict):
+def run_quietly(spec: dict, storage: str | None = None):
     from protpeft.trainer.run_many import run_many
 
     out = io.StringIO()
-    rows = run_many(spec, console=Console(file=out, width=160), refresh_s=0.5)
+    rows = run_many(spec, storage=storage, console=Console(file=out, width=160), refresh_s=0.5)
     return rows, out.getvalue()
 
 
@@ -44,8 +45,11 @@ def test_four_jobs_of_three_modes_finish_beside_a_failing_one(
     ray_local, common_set: list[str], tmp_path: Path
 ) -> None:
     """2 LoRA + 1 frozen + 1 full job finish on 2 CPUs (two train at a time), and a fifth job that fails on purpose
-    (a missing data file) is reported FAILED with its error on one line without stopping the others. (One launch
-    covers both acceptance checks: each job's Ray start-up costs ~15-30 s on the 2-core CI machine.)"""
+    (a missing data file) is reported FAILED with its error on one line without stopping the others; all of them
+    on one ``--storage`` directory. (One launch covers these checks: each job's Ray start-up costs ~15-30 s on the
+    2-core CI machine.)"""
+    from protpeft.trainer.ray_run_store import SNAPSHOT_FILE
+
     missing = tmp_path / "no-such-pairs.tsv"
     spec = {
         "output": str(tmp_path / "compare"),
@@ -59,7 +63,8 @@ def test_four_jobs_of_three_modes_finish_beside_a_failing_one(
             {"name": "full", "set": ["mode=full"]},
         ],
     }
-    rows, printed = run_quietly(spec)
+    store = tmp_path / "store"
+    rows, printed = run_quietly(spec, storage=str(store))
 
     states = [(r["job"], r["state"]) for r in rows]
     assert states == [
@@ -81,8 +86,11 @@ def test_four_jobs_of_three_modes_finish_beside_a_failing_one(
     assert by_job["full"]["trainable_params"] == by_job["full"]["total_params"]
     assert all(0.0 <= r["val_aupr"] <= 1.0 and 0.0 <= r["test_aupr"] <= 1.0 for r in by_job.values())
     assert all(r["peak_memory_mb"] > 0 and r["seconds"] > 0 for r in by_job.values())
-    for job in by_job:
-        assert (tmp_path / "runs" / job / "protpeft.json").is_file()
+    for job in by_job:  # the run in <storage>/<job>, its artefact brought back to the run directory
+        assert (store / job / SNAPSHOT_FILE).is_file()
+        published = (store / job / "artifact" / "protpeft.json").read_bytes()
+        assert (tmp_path / "runs" / job / "protpeft.json").read_bytes() == published
+    assert not (tmp_path / "runs" / "ray_results").exists()  # the default storage was not used
 
     saved = json.loads((tmp_path / "compare" / "summary.json").read_text())
     assert [r["job"] for r in saved] == ["lora-a", "broken", "lora-b", "frozen", "full"]
