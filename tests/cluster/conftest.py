@@ -62,13 +62,22 @@ def _stop_all() -> None:
         _RUNNING.pop()()
 
 
+_FINISHED: set[str] = set()
+"""Tests of this session that use the cluster or the S3 store and have run."""
+
+
+def _uses_cluster(item: pytest.Item) -> bool:
+    return bool({"local_cluster", "s3_store"} & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Stop the cluster right after the last test of the session that uses it."""
-    if not _RUNNING:
+    """Stop the cluster right after the last test of the session that uses it has run. Counted, not looked up by
+    position: under pytest-xdist (``make test``) the cluster tests run on one worker in an order of the scheduler's
+    choosing, and that worker's collection still lists every test of the suite."""
+    if not _uses_cluster(item):
         return
-    items = item.session.items
-    later = items[items.index(item) + 1 :] if item in items else []
-    if not any({"local_cluster", "s3_store"} & set(getattr(other, "fixturenames", ())) for other in later):
+    _FINISHED.add(item.nodeid)
+    if _RUNNING and all(other.nodeid in _FINISHED for other in item.session.items if _uses_cluster(other)):
         _stop_all()
 
 
