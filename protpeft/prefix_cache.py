@@ -4,15 +4,16 @@ Key = base fingerprint + k + crop + dtype (a directory beside the embedding cach
 the sequence's cropped token ids (a tensor name). A tensor is one sequence's (length, H) states, no padding
 stored. Filling is batched, no-grad and length-bucketed, coordinated across workers and jobs by
 :func:`protpeft.shards.coordinated_fill` (a Tune trial never recomputes what another wrote). Reading goes through
-safetensors' memory-mapped ``safe_open`` and a RAM LRU. What the size budget leaves out — or what another node's
-disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where workers do not
-share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
+safetensors' memory-mapped ``safe_open``, kept open: ``get_tensor`` returns a view of the mapping (no copy, ~25 µs),
+so the page cache is the RAM cache — shared by every process of the node (Tune trials, run-many jobs), dropped by
+the kernel under memory pressure, and no per-process copy is held. What the size budget leaves out — or what
+another node's disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where
+workers do not share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,17 +44,14 @@ class PrefixCache(ShardDir):
         crop: int,
         dtype: torch.dtype,
         max_gb: float,
-        ram_gb: float = 2.0,
     ) -> None:
         dtype_name = str(dtype).removeprefix("torch.")
         super().__init__(cache_root(root) / f"{PREFIX_DIR}{fingerprint}-k{k}-crop{crop}-{dtype_name}")
-        self.dtype, self.max_bytes, self.ram_bytes = dtype, int(max_gb * 2**30), int(ram_gb * 2**30)
+        self.dtype, self.max_bytes = dtype, int(max_gb * 2**30)
         self._where: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
-        self._ram: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._ram_used = 0
         self.read = 0
-        """Sequences read from the cache (disk or RAM)."""
+        """Sequences read from the cache."""
         self.computed = 0
         """Sequences whose prefix was computed on the fly (over the budget, or not on this node's disk)."""
 
@@ -123,23 +121,13 @@ class PrefixCache(ShardDir):
         return _name(key) in self._where
 
     def _get(self, name: str) -> torch.Tensor | None:
-        state = self._ram.get(name)
-        if state is not None:
-            self._ram.move_to_end(name)
-            return state
         shard = self._where.get(name)
         if shard is None:
             return None
         handle = self._handles.get(shard)
         if handle is None:
             handle = self._handles[shard] = safe_open(shard, framework="pt")  # memory-mapped, kept open
-        state = handle.get_tensor(name)
-        self._ram[name] = state
-        self._ram_used += state.numel() * state.element_size()
-        while self._ram_used > self.ram_bytes and len(self._ram) > 1:
-            _, old = self._ram.popitem(last=False)
-            self._ram_used -= old.numel() * old.element_size()
-        return state
+        return handle.get_tensor(name)
 
     def lookup(self, keys: list[bytes], compute: Callable[[list[int]], list[torch.Tensor]]) -> list[torch.Tensor]:
         """One (length, H) state per row key; ``compute(rows)`` supplies those the cache does not hold."""

@@ -123,7 +123,11 @@ class PrefixEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.backbone.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def cached_input(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(states entering layer k, input_ids, attention_mask)`` of a call, all-padding columns trimmed: each
+        row's states read from the cache (or computed where it has none), padded with zeros."""
         input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         lengths = attention_mask.sum(-1).tolist()
         keys = [row_key(input_ids[i, :n]) for i, n in enumerate(lengths)]
@@ -135,6 +139,9 @@ class PrefixEncoder(nn.Module):
         hidden = input_ids.new_zeros((*input_ids.shape, self.hidden_size), dtype=states[0].dtype)
         for i, (state, n) in enumerate(zip(states, lengths, strict=True)):
             hidden[i, :n] = state.to(hidden.device, non_blocking=True)
-        dtype = next(self.backbone.parameters()).dtype
-        out = self.suffix(inputs_embeds=hidden.to(dtype), attention_mask=attention_mask).last_hidden_state
+        return hidden.to(next(self.backbone.parameters()).dtype), input_ids, attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden, input_ids, attention_mask = self.cached_input(input_ids, attention_mask)
+        out = self.suffix(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(out, input_ids, attention_mask, self.pooling, self.special_ids)

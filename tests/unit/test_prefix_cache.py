@@ -166,7 +166,7 @@ def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_p
     seqs = _sequences(10)
     prefix = PrefixEncoder(backbone, 2, "mean", tokens.special_ids, None).prefix
     fits = sum(tokens.length(s) for s in seqs[:4]) * 64 * 4  # bytes of the first four (fp32, hidden 64)
-    cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=(fits + 100) / 2**30, ram_gb=1e-6)
+    cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=(fits + 100) / 2**30)
     assert cache.fill(seqs, tokens, prefix, 3, torch.device("cpu")) == 4
     batch = tokens.batch(seqs)
     keys = [torch.from_numpy(tokens.encode(s)).to(torch.int16).numpy().tobytes() for s in seqs]
@@ -179,8 +179,9 @@ def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_p
     assert (cache.read, cache.computed) == (4, 6)
     for state, expected in zip(states, compute(list(range(10))), strict=True):
         torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
-    cache.lookup(keys[:4], compute)  # read again through a RAM LRU smaller than one sequence: from the mmap
+    again = cache.lookup(keys[:4], compute)  # read again: views of the memory map, no copy held
     assert (cache.read, cache.computed) == (8, 6)
+    assert [a.data_ptr() for a in again] == [s.data_ptr() for s in states[:4]]
 
 
 def test_cache_cli_lists_sizes_and_clears_both_kinds(tmp_path: Path) -> None:
