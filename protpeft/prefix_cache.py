@@ -9,16 +9,24 @@ so the page cache is the RAM cache — shared by every process of the node (Tune
 the kernel under memory pressure, and no per-process copy is held. What the size budget leaves out — or what
 another node's disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where
 workers do not share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
+
+The frozen weights of layers 0..k-1 are needed only for what must be computed on the fly. :meth:`map_frozen` keeps
+them in a file of the same directory, mapped copy-on-write: the model keeps working (a page is read from disk when
+touched), but once the cache holds every sequence they are not resident, and all processes of a node share them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from protpeft.models.prefix import prefix_forward, row_key
 from protpeft.shards import ShardDir, cache_root, coordinated_fill
@@ -139,3 +147,34 @@ class PrefixCache(ShardDir):
         self.read += len(keys) - len(absent)
         self.computed += len(absent)
         return out  # type: ignore[return-value]
+
+    # -- the frozen weights
+
+    def map_frozen(self, params: dict[str, torch.Tensor]) -> int:
+        """Point each of ``params`` (frozen CPU tensors, by name) at a copy-on-write file mapping of the same values
+        (``frozen-<names hash>.safetensors`` here, written once under the lock, shared by later jobs); returns the
+        bytes no longer held in the process's own memory. A file found with other shapes or values is an error."""
+        names = sorted(params)
+        path = self.dir / f"frozen-{hashlib.sha1(' '.join(names).encode()).hexdigest()[:12]}.safetensors"
+        with self.lock():
+            if not path.is_file():
+                tmp = self.dir / f".{path.name}.{uuid.uuid4().hex}.tmp"
+                save_file({n: params[n].detach().contiguous() for n in names}, tmp)
+                os.replace(tmp, path)
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        flat = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
+        mapped = 0
+        for name in names:
+            param, entry = params[name], header.get(name)
+            begin, end = entry["data_offsets"] if entry else (0, -1)
+            if entry is None or list(param.shape) != entry["shape"] or end - begin != param.nbytes:
+                raise RuntimeError(f"{path}: {name} is not stored with the model's shape and dtype")
+            view = flat[8 + header_len + begin : 8 + header_len + end].view(param.dtype).view(param.shape)
+            sample = slice(None, None, max(1, param.numel() // 256))
+            if not torch.equal(view.reshape(-1)[sample], param.detach().reshape(-1)[sample]):
+                raise RuntimeError(f"{path}: {name} holds other values than the model's (a different base?)")
+            param.data = view
+            mapped += end - begin
+        return mapped

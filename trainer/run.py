@@ -34,7 +34,7 @@ from protpeft.trainer.checkpoints import LocalReporter, Reporter, TrainState, lo
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import build_engine, resolve_precision, resolve_strategy
 from protpeft.trainer.loop import LoopData, evaluate, fit, plan_steps
-from protpeft.trainer.prefix import prefix_cached
+from protpeft.trainer.prefix import map_prefix_weights, prefix_cached
 
 __all__ = ["RunInputs", "RunResult", "run_training"]
 
@@ -188,6 +188,7 @@ def run_training(
     plan = plan_steps(cfg, len(data.splits["train"]), ctx.world_size)
     strategy = resolve_strategy(cfg, ctx)
     engine = build_engine(strategy, model, cfg, plan.total_steps, ctx)
+    map_prefix_weights(model, strategy, data, ctx)
     state = TrainState()
     if resume_from is not None:
         engine.load(Path(resume_from))

@@ -109,10 +109,13 @@ class PrefixEncoder(nn.Module):
         pooling: str,
         special_ids: tuple[int, ...],
         lookup: Callable[[list[bytes], Callable[[list[int]], list[torch.Tensor]]], list[torch.Tensor]],
+        map_frozen: Callable[[dict[str, torch.Tensor]], int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.k, self.pooling, self.special_ids, self.lookup = k, pooling, special_ids, lookup
+        self.map_frozen = map_frozen
+        """Moves frozen CPU tensors to a file mapping (``PrefixCache.map_frozen``): see :meth:`map_prefix`."""
         esm = esm_model(backbone)
         layers = list(esm.encoder.layer)
         # plain attributes, not submodules: the model's parameters and state dict stay those of ProteinEncoder
@@ -122,6 +125,26 @@ class PrefixEncoder(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.backbone.config.hidden_size
+
+    def prefix_parameters(self) -> dict[str, torch.Tensor]:
+        """The frozen parameters only layers 0..k-1 (and the embeddings) use, by name within ``EsmModel``."""
+        esm = esm_model(self.backbone)
+        used_above = {id(p) for layer in esm.encoder.layer[self.k :] for p in layer.parameters()}
+        used_above |= {id(p) for p in esm.encoder.emb_layer_norm_after.parameters()}
+        return {
+            name: param
+            for name, param in esm.named_parameters()
+            if id(param) not in used_above and not param.requires_grad and not name.startswith("contact_head.")
+        }
+
+    def map_prefix(self) -> int:
+        """With the cache holding what the run reads, layers 0..k-1 compute only on a miss: keep their weights in a
+        file mapping instead of the process's memory (CPU; the model stays whole: a miss reads the pages back).
+        Returns the bytes mapped (0 where there is nothing to map or no store)."""
+        params = self.prefix_parameters()
+        if self.map_frozen is None or not params or any(p.device.type != "cpu" for p in params.values()):
+            return 0
+        return self.map_frozen(params)
 
     def cached_input(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
