@@ -30,7 +30,7 @@ from torch import nn
 
 from protpeft.models.classifier import pool_hidden_states, trim_padding
 
-__all__ = ["PrefixEncoder", "esm_model", "prefix_forward", "prefix_split", "row_key"]
+__all__ = ["PrefixEncoder", "count_prefix_rows", "esm_model", "prefix_forward", "prefix_split", "row_key"]
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -67,6 +67,18 @@ def prefix_split(backbone: nn.Module) -> tuple[int, str | None]:
     if k == 0:
         return 0, "layer 0 holds trainable parameters (no frozen layers to cache)"
     return k, None
+
+
+def count_prefix_rows(backbone: nn.Module) -> Callable[[], int]:
+    """A running count of the rows (sequences) computed through encoder layer 0 from now on, in any encoder that
+    shares the layer: the full forward, the cache's filling and its misses."""
+    rows = [0]
+
+    def count(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        rows[0] += (args[0] if args else kwargs["hidden_states"]).shape[0]
+
+    esm_model(backbone).encoder.layer[0].register_forward_pre_hook(count, with_kwargs=True)
+    return lambda: rows[0]
 
 
 def _view(esm: nn.Module, layers: Sequence[nn.Module], final_norm: bool) -> nn.Module:

@@ -42,6 +42,8 @@ def test_cache_on_trains_exactly_as_off(make_config, tmp_path: Path, task: str) 
     off = run_training(make_config(task, "lora", *common, "data.prefix_cache=off", name="off", small=True))
     on = run_training(make_config(task, "lora", *common, name="on", small=True))
     assert off.embedded_sequences == 0 and on.embedded_sequences > 0
+    # layer 0 computed each sequence once (filling) with the cache; every row of every step and evaluation without
+    assert on.prefix_forwards == on.embedded_sequences and off.prefix_forwards >= 6 * 8
     assert any(
         n.startswith("prefix cache on: layers 0..1 of 4")
         for n in json.loads((on.run_dir / "protpeft.json").read_text())["data_notes"]
