@@ -11,12 +11,14 @@ crop ``--crop``); one epoch = one pass over them. Three ways, side by side in th
   protein of the subset through layers 0..21 once), epoch 2 reads it.
 
 Figure: real residues (no <cls>/<eos>, no padding) per second, the best of ``--repeats`` epochs per way measured
-interleaved (the machine is shared; the cache-on epoch 1, which fills, is measured once). Peak memory of one
-training step (the longest batch) is measured in a fresh process per way, after a warm-up step and returning freed
-memory to the OS: the rise of the resident set's high-water mark (reset through /proc/self/clear_refs) over the
-resident set before the step.
+interleaved (the machine is shared; the cache-on epoch 1, which fills, is measured once); padding counts every
+token the encoder layers compute that is not a residue. Memory, in a fresh process per way (see :func:`probe`):
+after a warm-up step, one step on the longest random batch — the process's peak resident set, the step's rise over
+the resident set before it, anonymous vs file-backed memory, and the activations autograd keeps for backward, split
+into layers below k, from k, and the rest (none below k in any way: PyTorch keeps nothing for frozen layers whose
+inputs need no grad).
 
-    .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 12] [--batch 2] [--crop 512] [--quick]
+    .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 24] [--batch 4] [--crop 512] [--quick]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -125,7 +128,7 @@ def protpeft_model(cfg, data, tokens, cache: bool):
     from protpeft.models.modes import apply_mode
     from protpeft.trainer.context import WorkerContext
     from protpeft.trainer.engines import LocalEngine
-    from protpeft.trainer.prefix import prefix_cached
+    from protpeft.trainer.prefix import map_prefix_weights, prefix_cached
 
     torch.manual_seed(0)
     ctx = WorkerContext.local("cpu")
@@ -136,7 +139,9 @@ def protpeft_model(cfg, data, tokens, cache: bool):
     if cache:
         model, _ = prefix_cached(cfg, data, model, tokens, fingerprint, ctx)
     fill = time.perf_counter() - start
-    return LocalEngine(model, cfg, 10**6, ctx), TokenCollate(tokens, data.sequences, 2), fill
+    engine = LocalEngine(model, cfg, 10**6, ctx)
+    map_prefix_weights(model, "local", data, ctx)
+    return engine, TokenCollate(tokens, data.sequences, 2), fill
 
 
 def epoch(data, tokens, batch: int, seed: int) -> list[list[int]]:
@@ -158,12 +163,23 @@ def residues(data, batches: list[list[int]], crop: int) -> int:
     return sum(min(len(data.sequences[m]), crop - 2) for b in batches for i in b for m in examples[i].members)
 
 
-def padded(data, tokens, batches: list[list[int]]) -> int:
-    """Tokens the backbone computes: each batch's 2B proteins padded to the longest of them (both ways do this)."""
-    examples = data.splits["train"]
-    return sum(
-        2 * len(b) * max(tokens.length(data.sequences[m]) for i in b for m in examples[i].members) for b in batches
-    )
+def computed_tokens(data, tokens, batches: list[list[int]], way: str) -> int:
+    """Tokens the encoder layers compute, padding and <cls>/<eos> included. The loop pads a batch's 2B proteins
+    to the longest of them; protpeft encodes each distinct protein once, in calls of at most B rows longest first,
+    each padded to its own longest."""
+    from protpeft.data.collate import member_inputs
+    from protpeft.models.classifier import call_slices
+
+    examples, total = data.splits["train"], 0
+    for b in batches:
+        columns = [[data.sequences[examples[i].members[m]] for i in b] for m in range(2)]
+        if way == "loop":
+            total += 2 * len(b) * max(tokens.length(s) for column in columns for s in column)
+            continue
+        mask = member_inputs(tokens, columns)["attention_mask"]
+        for part in call_slices(mask.shape[0], len(b)):
+            total += mask[part].shape[0] * int(mask[part].sum(1).max())
+    return total
 
 
 def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
@@ -172,43 +188,94 @@ def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
             for i in batch]  # fmt: skip
 
 
-# -- peak memory of one step, in a fresh process
+# -- peak memory of one step, in a fresh process per way
 
 
-def _rss_kib(field: str) -> int:
+def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
+def saved_for_backward(step, layers: list[torch.nn.Module], k: int) -> dict[str, float]:
+    """MiB of activations autograd keeps for the backward of ``step()`` (distinct storages, parameters excluded),
+    split by where they were saved: encoder layers below k, layers k.., the rest (pooling, head, loss)."""
+    params = {p.untyped_storage().data_ptr() for layer in layers for p in layer.parameters()}
+    where = ["rest"]
+    seen: dict[int, tuple[str, int]] = {}
+
+    def enter(i: int):
+        return lambda *_: where.__setitem__(0, "below k" if i < k else "from k")
+
+    hooks = [layer.register_forward_pre_hook(enter(i)) for i, layer in enumerate(layers)]
+    hooks += [layers[-1].register_forward_hook(lambda *_: where.__setitem__(0, "rest"))]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen.setdefault(storage.data_ptr(), (where[0], storage.nbytes()))
+        return tensor
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {part: sum(n for w, n in seen.values() if w == part) / 2**20 for part in ("below k", "from k", "rest")}
+
+
 def probe(args: argparse.Namespace) -> None:
-    """One training step of ``args.probe`` on the longest batch; prints the step's peak memory rise in MiB."""
+    """One way in a fresh process: after a warm-up step, one training step on the longest batch; prints the
+    process's resident memory before it, the process's peak (its high-water mark VmHWM over set-up and both
+    steps: ``getrusage``'s maxrss is no use in a child, which inherits its parent's at fork), the step's rise over
+    the resident set before it, anonymous vs file-backed resident memory after it, and what autograd saved for
+    backward."""
+    from protpeft.models.prefix import esm_model
+
     work = Path(args.work)
     cfg, data, tokens = setup(args, work)
     batches = random_batches(len(data.splits["train"]), args.batch, 0)
-    shortest, longest = sorted(batches, key=lambda b: padded(data, tokens, [b]))[:: len(batches) - 1]
+    shortest, longest = sorted(batches, key=lambda b: computed_tokens(data, tokens, [b], "loop"))[:: len(batches) - 1]
+    mapped = 0
     if args.probe == "loop":
         loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, cfg.data.crop, cfg.optim.lr)
         step = lambda b: loop.step(pairs_of(data, b))  # noqa: E731
+        backbone = loop.model
     else:
         engine, collate, _ = protpeft_model(cfg, data, tokens, cache=args.probe == "cache on")
         step = lambda b: train_on(engine, collate, data.splits["train"], [b])  # noqa: E731
+        encoder = engine.model.encoder
+        backbone = encoder.backbone
+        if hasattr(encoder, "prefix_parameters"):
+            mapped = sum(p.nbytes for p in encoder.prefix_parameters().values())
+    layers = list(esm_model(backbone).encoder.layer)
     step(shortest)  # one-time allocations (optimizer state, kernels) are not the step's working memory
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS: the rise is the step's own
+    peak = _status_kib("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
-    before = _rss_kib("VmRSS")
-    step(longest)
-    print(json.dumps({"peak_step_mib": (_rss_kib("VmHWM") - before) / 1024}))
+    before = _status_kib("VmRSS")
+    saved = saved_for_backward(lambda: step(longest), layers, len(layers) - cfg.lora.last_layers)
+    mib = lambda kib: kib / 1024  # noqa: E731
+    print(json.dumps({
+        "rss_before_step_mib": mib(before),
+        "step_rise_mib": mib(_status_kib("VmHWM") - before),
+        "peak_rss_mib": mib(max(peak, _status_kib("VmHWM"))),
+        "anon_after_mib": mib(_status_kib("RssAnon")),
+        "file_after_mib": mib(_status_kib("RssFile")),
+        "saved_for_backward_mib": saved,
+        "frozen_prefix_weights_mapped_mib": mapped / 2**20,
+    }))  # fmt: skip
 
 
-def step_memory(args: argparse.Namespace, work: Path, way: str) -> float:
+def step_memory(args: argparse.Namespace, work: Path, way: str) -> dict[str, float]:
     cmd = [sys.executable, "-m", "benchmarks.bench_prefix_cache", "--probe", way, "--work", str(work)]
     cmd += ["--pairs", str(args.pairs), "--batch", str(args.batch), "--crop", str(args.crop)]
     cmd += ["--quick"] if args.quick else []
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_mib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- the run
@@ -216,8 +283,8 @@ def step_memory(args: argparse.Namespace, work: Path, way: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=12, help="training pairs in the subset (one epoch)")
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--pairs", type=int, default=24, help="training pairs in the subset (one epoch)")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step (the config's default)")
     parser.add_argument("--crop", type=int, default=512, help="tokens per protein at most")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved epochs per way; the best is kept")
     parser.add_argument("--quick", action="store_true", help="tiny 4-layer model, LoRA on 2 layers: a smoke run")
@@ -235,26 +302,28 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
+    load = os.getloadavg()
     cfg, data, tokens = setup(args, work)
     n = len(data.splits["train"])
     crop = cfg.data.crop
+    examples = data.splits["train"]
+    loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, crop, cfg.optim.lr)
+    off, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
+    on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
 
     def row(way: str, batches: list[list[int]], seconds: float, epoch_no: int | str) -> dict:
         real = residues(data, batches, crop)
+        computed = computed_tokens(data, tokens, batches, "loop" if "loop" in way else "calls")
         return {
             "way": way,
             "epoch": epoch_no,
             "steps": len(batches),
             "real_residues": real,
-            "padding_fraction": 1 - real / padded(data, tokens, batches),
+            "padding_fraction": 1 - real / computed,
             "seconds": seconds,
             "residues_per_s": real / seconds,
         }
 
-    examples = data.splits["train"]
-    loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, crop, cfg.optim.lr)
-    off, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
-    on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
     warm = random_batches(n, args.batch, 99)[:1]  # one untimed step each: lazy allocations, kernels
     loop.step(pairs_of(data, warm[0]))
     for engine in (off, on):
@@ -292,10 +361,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "cache_off_vs_loop": off_rate / loop_rate,
             "fill_seconds": fill,
             "repeats": f"best of {args.repeats} interleaved epochs per way (filling: once)",
-            "peak_step_memory_mib": memory,
+            "step_memory_mib": memory,
             "model": f"{preset} architecture, random weights, LoRA r8 key+value on the last {last} layers, fp32",
             "data": f"E. coli D-SCRIPT pairs: first {n} training pairs ({len(set(data.sequences.values()))} "
             f"proteins), crop {crop}, {args.batch} pairs per step",
+            "load_average": f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1 min; 2 cores)",
             "command": " ".join(["python -m benchmarks.bench_prefix_cache", *sys.argv[1:]]),
         },
     )

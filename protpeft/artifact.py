@@ -98,6 +98,9 @@ class RunArtifact(BaseModel):
     strategy: str | None = None
     workers: int | None = None
     embedded_sequences: int = 0
+    prefix_forwards: int = 0
+    """Sequences computed through encoder layer 0, all workers (LoRA: the frozen prefix; every training and
+    evaluation row without the prefix cache, once per sequence filled with it)."""
     created: str | None = None
     """ISO 8601, UTC."""
     mlflow_run_id: str | None = None

@@ -4,20 +4,29 @@ Key = base fingerprint + k + crop + dtype (a directory beside the embedding cach
 the sequence's cropped token ids (a tensor name). A tensor is one sequence's (length, H) states, no padding
 stored. Filling is batched, no-grad and length-bucketed, coordinated across workers and jobs by
 :func:`protpeft.shards.coordinated_fill` (a Tune trial never recomputes what another wrote). Reading goes through
-safetensors' memory-mapped ``safe_open`` and a RAM LRU. What the size budget leaves out — or what another node's
-disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where workers do not
-share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
+safetensors' memory-mapped ``safe_open``, kept open: ``get_tensor`` returns a view of the mapping (no copy, ~25 µs),
+so the page cache is the RAM cache — shared by every process of the node (Tune trials, run-many jobs), dropped by
+the kernel under memory pressure, and no per-process copy is held. What the size budget leaves out — or what
+another node's disk holds — is computed on the fly, so the cache only ever changes speed, never results. Where
+workers do not share a disk, each node fills its own copy (see :meth:`PrefixCache.fill`).
+
+The frozen weights of layers 0..k-1 are needed only for what must be computed on the fly. :meth:`map_frozen` keeps
+them in a file of the same directory, mapped copy-on-write: the model keeps working (a page is read from disk when
+touched), but once the cache holds every sequence they are not resident, and all processes of a node share them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+import json
+import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from protpeft.models.prefix import prefix_forward, row_key
 from protpeft.shards import ShardDir, cache_root, coordinated_fill
@@ -43,17 +52,14 @@ class PrefixCache(ShardDir):
         crop: int,
         dtype: torch.dtype,
         max_gb: float,
-        ram_gb: float = 2.0,
     ) -> None:
         dtype_name = str(dtype).removeprefix("torch.")
         super().__init__(cache_root(root) / f"{PREFIX_DIR}{fingerprint}-k{k}-crop{crop}-{dtype_name}")
-        self.dtype, self.max_bytes, self.ram_bytes = dtype, int(max_gb * 2**30), int(ram_gb * 2**30)
+        self.dtype, self.max_bytes = dtype, int(max_gb * 2**30)
         self._where: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
-        self._ram: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._ram_used = 0
         self.read = 0
-        """Sequences read from the cache (disk or RAM)."""
+        """Sequences read from the cache."""
         self.computed = 0
         """Sequences whose prefix was computed on the fly (over the budget, or not on this node's disk)."""
 
@@ -123,23 +129,13 @@ class PrefixCache(ShardDir):
         return _name(key) in self._where
 
     def _get(self, name: str) -> torch.Tensor | None:
-        state = self._ram.get(name)
-        if state is not None:
-            self._ram.move_to_end(name)
-            return state
         shard = self._where.get(name)
         if shard is None:
             return None
         handle = self._handles.get(shard)
         if handle is None:
             handle = self._handles[shard] = safe_open(shard, framework="pt")  # memory-mapped, kept open
-        state = handle.get_tensor(name)
-        self._ram[name] = state
-        self._ram_used += state.numel() * state.element_size()
-        while self._ram_used > self.ram_bytes and len(self._ram) > 1:
-            _, old = self._ram.popitem(last=False)
-            self._ram_used -= old.numel() * old.element_size()
-        return state
+        return handle.get_tensor(name)
 
     def lookup(self, keys: list[bytes], compute: Callable[[list[int]], list[torch.Tensor]]) -> list[torch.Tensor]:
         """One (length, H) state per row key; ``compute(rows)`` supplies those the cache does not hold."""
@@ -151,3 +147,34 @@ class PrefixCache(ShardDir):
         self.read += len(keys) - len(absent)
         self.computed += len(absent)
         return out  # type: ignore[return-value]
+
+    # -- the frozen weights
+
+    def map_frozen(self, params: dict[str, torch.Tensor]) -> int:
+        """Point each of ``params`` (frozen CPU tensors, by name) at a copy-on-write file mapping of the same values
+        (``frozen-<names hash>.safetensors`` here, written once under the lock, shared by later jobs); returns the
+        bytes no longer held in the process's own memory. A file found with other shapes or values is an error."""
+        names = sorted(params)
+        path = self.dir / f"frozen-{hashlib.sha1(' '.join(names).encode()).hexdigest()[:12]}.safetensors"
+        with self.lock():
+            if not path.is_file():
+                tmp = self.dir / f".{path.name}.{uuid.uuid4().hex}.tmp"
+                save_file({n: params[n].detach().contiguous() for n in names}, tmp)
+                os.replace(tmp, path)
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        flat = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
+        mapped = 0
+        for name in names:
+            param, entry = params[name], header.get(name)
+            begin, end = entry["data_offsets"] if entry else (0, -1)
+            if entry is None or list(param.shape) != entry["shape"] or end - begin != param.nbytes:
+                raise RuntimeError(f"{path}: {name} is not stored with the model's shape and dtype")
+            view = flat[8 + header_len + begin : 8 + header_len + end].view(param.dtype).view(param.shape)
+            sample = slice(None, None, max(1, param.numel() // 256))
+            if not torch.equal(view.reshape(-1)[sample], param.detach().reshape(-1)[sample]):
+                raise RuntimeError(f"{path}: {name} holds other values than the model's (a different base?)")
+            param.data = view
+            mapped += end - begin
+        return mapped

@@ -18,7 +18,7 @@ from protpeft.prefix_cache import PrefixCache
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import resolve_precision
 
-__all__ = ["prefix_cached", "sequences_by_use"]
+__all__ = ["map_prefix_weights", "prefix_cached", "sequences_by_use"]
 
 
 def sequences_by_use(data: TaskData) -> list[str]:
@@ -56,7 +56,7 @@ def prefix_cached(
     dtype = resolve_precision(cfg.engine.precision, ctx.device)
     cache = PrefixCache(cfg.data.cache_dir, fingerprint, k, cfg.data.crop, dtype, cfg.data.prefix_cache_max_gb)
     backbone.to(ctx.device)
-    encoder = PrefixEncoder(backbone, k, cfg.model.pooling, tokens.special_ids, cache.lookup)
+    encoder = PrefixEncoder(backbone, k, cfg.model.pooling, tokens.special_ids, cache.lookup, cache.map_frozen)
     computed = cache.fill(
         sequences_by_use(data),
         tokens,
@@ -75,6 +75,20 @@ def prefix_cached(
         f"{cache.dir} for {held} of {len(set(data.sequences.values()))} sequences ({computed} computed here)",
     )
     return type(model)(encoder, model.head, model.members), computed
+
+
+def map_prefix_weights(model: nn.Module, strategy: str, data: TaskData, ctx: WorkerContext) -> int:
+    """Once the engine holds the model (DDP has broadcast every weight, which would write into the mapping),
+    the frozen weights of the cached layers go to a file mapping shared by the node's jobs (CPU, not DeepSpeed,
+    which partitions them). Returns the bytes mapped."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, PrefixEncoder) or strategy == "deepspeed":
+        return 0
+    mapped = encoder.map_prefix()
+    if mapped:
+        _say(ctx, data, f"prefix cache: the frozen weights of layers 0..{encoder.k - 1} ({mapped / 2**20:.0f} MiB) "
+                        "are read from a file mapping, not held in memory")  # fmt: skip
+    return mapped
 
 
 def _key(tokens: TokenEncoder, sequence: str) -> bytes:

@@ -85,7 +85,10 @@ def check_inputs(cfg: RunConfig) -> TaskData:
     return load_task_data(cfg.task, cfg.data)
 
 
-SUMMARY_KEYS = ("metrics", "params", "steps", "seconds", "peak_memory_mb", "strategy", "workers", "embedded_sequences")
+SUMMARY_KEYS = (
+    "metrics", "params", "steps", "seconds", "peak_memory_mb", "strategy", "workers", "embedded_sequences",
+    "prefix_forwards",
+)  # fmt: skip
 
 
 def published(result: Any) -> bool:

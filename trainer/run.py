@@ -28,13 +28,14 @@ from protpeft.models.assembly import build_task_model
 from protpeft.models.backbone import backbone_fingerprint, load_backbone, load_tokenizer
 from protpeft.models.classifier import EmbeddingTable, ProteinClassifier, ProteinEncoder
 from protpeft.models.modes import apply_mode, count_parameters
+from protpeft.models.prefix import count_prefix_rows
 from protpeft.modes import MODES
 from protpeft.tracking import JsonlLogger, MetricLogger, MultiLogger, NullLogger
 from protpeft.trainer.checkpoints import LocalReporter, Reporter, TrainState, load_state
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import build_engine, resolve_precision, resolve_strategy
 from protpeft.trainer.loop import LoopData, evaluate, fit, plan_steps
-from protpeft.trainer.prefix import prefix_cached
+from protpeft.trainer.prefix import map_prefix_weights, prefix_cached
 
 __all__ = ["RunInputs", "RunResult", "run_training"]
 
@@ -59,6 +60,7 @@ class RunResult:
     peak_memory_mb: float
     embedded_sequences: int = 0
     strategy: str = "local"
+    prefix_forwards: int = 0
     model: Any = field(default=None, repr=False)
     """The trained task model in memory (encoder = backbone in every mode), for tests and benchmarks."""
 
@@ -71,6 +73,7 @@ class RunResult:
             "seconds": round(self.seconds, 2),
             "peak_memory_mb": round(self.peak_memory_mb, 1),
             "embedded_sequences": self.embedded_sequences,
+            "prefix_forwards": self.prefix_forwards,
             "strategy": self.strategy,
         }
 
@@ -165,6 +168,7 @@ def run_training(
     tokens = TokenEncoder(tokenizer, cfg.data.crop)
     backbone = load_backbone(base_files)
     fingerprint = backbone_fingerprint(backbone)
+    prefix_rows = count_prefix_rows(backbone)
 
     # -- mode: what is trainable; a mode that reads embeddings (frozen) trains on cached ones
     backbone = apply_mode(backbone, cfg.mode, cfg.lora)
@@ -188,6 +192,7 @@ def run_training(
     plan = plan_steps(cfg, len(data.splits["train"]), ctx.world_size)
     strategy = resolve_strategy(cfg, ctx)
     engine = build_engine(strategy, model, cfg, plan.total_steps, ctx)
+    map_prefix_weights(model, strategy, data, ctx)
     state = TrainState()
     if resume_from is not None:
         engine.load(Path(resume_from))
@@ -200,6 +205,7 @@ def run_training(
     # -- artefact
     seconds = time.perf_counter() - started
     memory = peak_memory_mb(ctx.device)
+    prefix_forwards = sum(ctx.all_gather_object(prefix_rows()))
     trained = engine.unwrapped()
     saved_backbone = trained.encoder.backbone if mode.saves_backbone else None
     if strategy == "deepspeed":
@@ -227,6 +233,7 @@ def run_training(
             strategy=strategy,
             workers=ctx.world_size,
             embedded_sequences=embedded,
+            prefix_forwards=prefix_forwards,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             mlflow_run_id=tracking_run_id,
         )
@@ -236,7 +243,9 @@ def run_training(
     ctx.barrier()
     reporter.publish({**metrics, "step": state.step, "epoch": state.epoch}, artifact_dir)
     full_model.head = trained.head
-    return RunResult(run_dir, metrics, params, state, seconds, memory, embedded, strategy, full_model.cpu())
+    return RunResult(
+        run_dir, metrics, params, state, seconds, memory, embedded, strategy, prefix_forwards, full_model.cpu()
+    )
 
 
 class _progress:

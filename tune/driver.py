@@ -130,6 +130,7 @@ def final_result(cfg: RunConfig, run_id: str | None) -> dict[str, Any]:
     result.update(
         step=artifact.steps,
         embedded_sequences=artifact.embedded_sequences,
+        prefix_forwards=artifact.prefix_forwards,
         seconds=artifact.seconds,
         trainable_params=artifact.params.get("trainable"),
         run_dir=str(cfg.run_dir),

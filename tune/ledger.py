@@ -84,8 +84,8 @@ def _number(value: Any) -> bool:
 def collect_trials(experiment_dir: Path, search: SearchSpec) -> list[dict[str, Any]]:
     """One row per trial: ``trial_id``, ``state``, ``mode``, ``config`` (the searched keys' values), ``metrics``
     (final val + test for finished trials, the last reported val for the others), ``steps``,
-    ``embedded_sequences``, ``run_dir``, ``mlflow_run_id``, ``seconds``, ``trainable_params``, ``attempts``,
-    ``error``."""
+    ``embedded_sequences``, ``prefix_forwards``, ``run_dir``, ``mlflow_run_id``, ``seconds``, ``trainable_params``,
+    ``attempts``, ``error``."""
     ends = read_json(experiment_dir / ENDS_FILE, {})
     attempts: dict[str, int] = {}
     attempts_file = experiment_dir / ATTEMPTS_FILE
@@ -108,6 +108,7 @@ def collect_trials(experiment_dir: Path, search: SearchSpec) -> list[dict[str, A
                 "metrics": {k: v for k, v in sorted(last.items()) if k.startswith(("val_", "test_")) and _number(v)},
                 "steps": last.get("step"),
                 "embedded_sequences": last.get("embedded_sequences"),
+                "prefix_forwards": last.get("prefix_forwards"),
                 "run_dir": last.get("run_dir"),
                 "mlflow_run_id": last.get("mlflow_run_id"),
                 "seconds": last.get("seconds"),

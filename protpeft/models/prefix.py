@@ -30,7 +30,7 @@ from torch import nn
 
 from protpeft.models.classifier import pool_hidden_states, trim_padding
 
-__all__ = ["PrefixEncoder", "esm_model", "prefix_forward", "prefix_split", "row_key"]
+__all__ = ["PrefixEncoder", "count_prefix_rows", "esm_model", "prefix_forward", "prefix_split", "row_key"]
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -67,6 +67,18 @@ def prefix_split(backbone: nn.Module) -> tuple[int, str | None]:
     if k == 0:
         return 0, "layer 0 holds trainable parameters (no frozen layers to cache)"
     return k, None
+
+
+def count_prefix_rows(backbone: nn.Module) -> Callable[[], int]:
+    """A running count of the rows (sequences) computed through encoder layer 0 from now on, in any encoder that
+    shares the layer: the full forward, the cache's filling and its misses."""
+    rows = [0]
+
+    def count(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        rows[0] += (args[0] if args else kwargs["hidden_states"]).shape[0]
+
+    esm_model(backbone).encoder.layer[0].register_forward_pre_hook(count, with_kwargs=True)
+    return lambda: rows[0]
 
 
 def _view(esm: nn.Module, layers: Sequence[nn.Module], final_norm: bool) -> nn.Module:
@@ -109,10 +121,13 @@ class PrefixEncoder(nn.Module):
         pooling: str,
         special_ids: tuple[int, ...],
         lookup: Callable[[list[bytes], Callable[[list[int]], list[torch.Tensor]]], list[torch.Tensor]],
+        map_frozen: Callable[[dict[str, torch.Tensor]], int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.k, self.pooling, self.special_ids, self.lookup = k, pooling, special_ids, lookup
+        self.map_frozen = map_frozen
+        """Moves frozen CPU tensors to a file mapping (``PrefixCache.map_frozen``): see :meth:`map_prefix`."""
         esm = esm_model(backbone)
         layers = list(esm.encoder.layer)
         # plain attributes, not submodules: the model's parameters and state dict stay those of ProteinEncoder
@@ -123,7 +138,31 @@ class PrefixEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.backbone.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def prefix_parameters(self) -> dict[str, torch.Tensor]:
+        """The frozen parameters only layers 0..k-1 (and the embeddings) use, by name within ``EsmModel``."""
+        esm = esm_model(self.backbone)
+        used_above = {id(p) for layer in esm.encoder.layer[self.k :] for p in layer.parameters()}
+        used_above |= {id(p) for p in esm.encoder.emb_layer_norm_after.parameters()}
+        return {
+            name: param
+            for name, param in esm.named_parameters()
+            if id(param) not in used_above and not param.requires_grad and not name.startswith("contact_head.")
+        }
+
+    def map_prefix(self) -> int:
+        """With the cache holding what the run reads, layers 0..k-1 compute only on a miss: keep their weights in a
+        file mapping instead of the process's memory (CPU; the model stays whole: a miss reads the pages back).
+        Returns the bytes mapped (0 where there is nothing to map or no store)."""
+        params = self.prefix_parameters()
+        if self.map_frozen is None or not params or any(p.device.type != "cpu" for p in params.values()):
+            return 0
+        return self.map_frozen(params)
+
+    def cached_input(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(states entering layer k, input_ids, attention_mask)`` of a call, all-padding columns trimmed: each
+        row's states read from the cache (or computed where it has none), padded with zeros."""
         input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         lengths = attention_mask.sum(-1).tolist()
         keys = [row_key(input_ids[i, :n]) for i, n in enumerate(lengths)]
@@ -135,6 +174,9 @@ class PrefixEncoder(nn.Module):
         hidden = input_ids.new_zeros((*input_ids.shape, self.hidden_size), dtype=states[0].dtype)
         for i, (state, n) in enumerate(zip(states, lengths, strict=True)):
             hidden[i, :n] = state.to(hidden.device, non_blocking=True)
-        dtype = next(self.backbone.parameters()).dtype
-        out = self.suffix(inputs_embeds=hidden.to(dtype), attention_mask=attention_mask).last_hidden_state
+        return hidden.to(next(self.backbone.parameters()).dtype), input_ids, attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden, input_ids, attention_mask = self.cached_input(input_ids, attention_mask)
+        out = self.suffix(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(out, input_ids, attention_mask, self.pooling, self.special_ids)

@@ -42,6 +42,8 @@ def test_cache_on_trains_exactly_as_off(make_config, tmp_path: Path, task: str) 
     off = run_training(make_config(task, "lora", *common, "data.prefix_cache=off", name="off", small=True))
     on = run_training(make_config(task, "lora", *common, name="on", small=True))
     assert off.embedded_sequences == 0 and on.embedded_sequences > 0
+    # layer 0 computed each sequence once (filling) with the cache; every row of every step and evaluation without
+    assert on.prefix_forwards == on.embedded_sequences and off.prefix_forwards >= 6 * 8
     assert any(
         n.startswith("prefix cache on: layers 0..1 of 4")
         for n in json.loads((on.run_dir / "protpeft.json").read_text())["data_notes"]
@@ -166,7 +168,7 @@ def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_p
     seqs = _sequences(10)
     prefix = PrefixEncoder(backbone, 2, "mean", tokens.special_ids, None).prefix
     fits = sum(tokens.length(s) for s in seqs[:4]) * 64 * 4  # bytes of the first four (fp32, hidden 64)
-    cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=(fits + 100) / 2**30, ram_gb=1e-6)
+    cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=(fits + 100) / 2**30)
     assert cache.fill(seqs, tokens, prefix, 3, torch.device("cpu")) == 4
     batch = tokens.batch(seqs)
     keys = [torch.from_numpy(tokens.encode(s)).to(torch.int16).numpy().tobytes() for s in seqs]
@@ -179,8 +181,55 @@ def test_budget_and_misses_fall_back_to_the_exact_prefix(tiny_model: Path, tmp_p
     assert (cache.read, cache.computed) == (4, 6)
     for state, expected in zip(states, compute(list(range(10))), strict=True):
         torch.testing.assert_close(state, expected, atol=1e-5, rtol=0)
-    cache.lookup(keys[:4], compute)  # read again through a RAM LRU smaller than one sequence: from the mmap
+    again = cache.lookup(keys[:4], compute)  # read again: views of the memory map, no copy held
     assert (cache.read, cache.computed) == (8, 6)
+    assert [a.data_ptr() for a in again] == [s.data_ptr() for s in states[:4]]
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(path)):
+            lo, hi = line.split()[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+def test_frozen_prefix_weights_live_in_one_shared_file_mapping(tiny_model: Path, tmp_path: Path) -> None:
+    from protpeft.config import LoraConfig
+    from protpeft.data.tokens import TokenEncoder
+    from protpeft.models.backbone import load_backbone, load_tokenizer
+    from protpeft.models.modes import inject_lora
+    from protpeft.models.prefix import PrefixEncoder, prefix_forward
+    from protpeft.prefix_cache import PrefixCache
+
+    tokens = TokenEncoder(load_tokenizer(str(tiny_model)))
+    batch = tokens.batch(_sequences(5))
+
+    def encoder() -> PrefixEncoder:
+        backbone = inject_lora(load_backbone(str(tiny_model)), LoraConfig(last_layers=2))
+        cache = PrefixCache(tmp_path, "fp", 2, 1024, torch.float32, max_gb=1.0)
+        return PrefixEncoder(backbone, 2, "mean", tokens.special_ids, cache.lookup, cache.map_frozen)
+
+    first = encoder()
+    params = first.prefix_parameters()
+    assert {n.split(".")[0] for n in params} == {"embeddings", "encoder"}
+    assert {n.split(".")[2] for n in params if n.startswith("encoder.")} == {"0", "1"}  # layers below k only
+    want = prefix_forward(first.prefix, batch["input_ids"], batch["attention_mask"])
+    assert first.map_prefix() == sum(p.nbytes for p in params.values()) > 0
+    (file,) = tmp_path.glob("prefix-*/frozen-*.safetensors")
+    ranges = _mapped_ranges(file)
+    assert all(any(lo <= p.data_ptr() < hi for lo, hi in ranges) for p in params.values())
+    got = prefix_forward(first.prefix, batch["input_ids"], batch["attention_mask"])
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)  # the same weights, read through the mapping
+    written = file.stat().st_mtime_ns
+    assert encoder().map_prefix() > 0 and file.stat().st_mtime_ns == written  # a later job maps the same file
+    other = encoder()
+    with torch.no_grad():
+        next(iter(other.prefix_parameters().values())).add_(1.0)
+    with pytest.raises(RuntimeError, match="other values"):
+        other.map_prefix()
 
 
 def test_cache_cli_lists_sizes_and_clears_both_kinds(tmp_path: Path) -> None:
