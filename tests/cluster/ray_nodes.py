@@ -117,9 +117,10 @@ def _common_args(temp_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def start_head(root: Path, ports: PortBlock, env: dict[str, str]) -> RayNode:
+def start_head(root: Path, ports: PortBlock, env: dict[str, str], num_cpus: int = 0) -> RayNode:
     """A head node with no CPUs (nothing but drivers and Ray's own actors run on it), dashboard on; it sees the
-    driver's files (it stands for the machine the user works on)."""
+    driver's files (it stands for the machine the user works on). With ``num_cpus`` it is a one-node cluster that
+    trains too (benchmarks/bench_cluster_overhead.py compares against one)."""
     assigned, port_args = _node_port_args(ports)
     for name in ("port", "dashboard-port", "ray-client-server-port"):
         assigned[name] = ports.take()
@@ -127,7 +128,7 @@ def start_head(root: Path, ports: PortBlock, env: dict[str, str]) -> RayNode:
         ray_binary(), "start", "--head", f"--port={assigned['port']}",
         f"--dashboard-port={assigned['dashboard-port']}",
         f"--ray-client-server-port={assigned['ray-client-server-port']}", "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true", "--num-cpus=0", *port_args, *_common_args(root / "ray" / "head"),
+        "--include-dashboard=true", f"--num-cpus={num_cpus}", *port_args, *_common_args(root / "ray" / "head"),
     ]  # fmt: skip
     env = {**env, **HEAD_ENV, **api_server_env(assigned["dashboard-port"])}
     group = ProcessGroup.start("ray-head", argv, root / "logs" / "ray-head.log", env, cwd=root)
