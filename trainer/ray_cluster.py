@@ -47,11 +47,23 @@ def ray_output(verbose: bool | None) -> dict[str, Any]:
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool | None = None) -> None:
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    verbose: bool | None = None,
+    dashboard: bool = True,
+    env: dict[str, str] | None = None,
+) -> None:
     """``ray.init`` once per process. A local instance gets the machine's cores (or ``num_cpus``) and a small
-    object store (its dashboard stays on: Ray Train's placement-group cleaner polls the state API it serves); an
-    existing cluster is joined as it is. ``verbose``: see :func:`ray_output`; default from the command's
-    ``--verbose`` (:func:`protpeft.console.verbosity`)."""
+    object store; an existing cluster is joined as it is. ``verbose``: see :func:`ray_output`; default from the
+    command's ``--verbose`` (:func:`protpeft.console.verbosity`).
+
+    Args:
+        dashboard: start the local instance's dashboard (Ray Train's placement-group cleaner polls the state API it
+            serves; Serve needs none).
+        env: variables for the local instance's processes (set unless already set), besides Ray Train's.
+    """
     import ray
 
     from protpeft.console import verbosity
@@ -69,12 +81,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         )
     common = ray_output(verbosity() if verbose is None else verbose)
     if target == "local":
-        for key, value in LOCAL_TRAIN_ENV.items():
+        for key, value in (LOCAL_TRAIN_ENV | (env or {})).items():
             os.environ.setdefault(key, value)
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            include_dashboard=None if dashboard else False,  # None: Ray's default (on when installed)
             **common,
         )
     else:
