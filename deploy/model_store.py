@@ -7,10 +7,10 @@ no adapter; each version keeps its own classification head. Full fine-tuning ver
 are loaded separately. No adapter is ever *switched*: each forward row names its adapter
 (:mod:`~protpeft.deploy.mixed_adapters`), so calls for different adapters run at once on the forward threads.
 
-Load, predict passes (:func:`~protpeft.deploy.prediction_pass.run_pass`) and release run on the model thread in
-submission order: loading and releasing change the shared modules, so no pass may overlap them, and a release
-queued behind a prediction never pulls the adapter from under it. A pass hands its forward calls to the forward
-threads and waits for them.
+Load, release and the prediction flow (:class:`~protpeft.deploy.prediction_pass.PredictionFlow`: requests taken,
+forward calls handed to the forward threads, answers when they return) run on the model thread in submission order.
+Loading and releasing change the shared modules, so they first wait for the forward calls in flight; a release
+queued behind a prediction never pulls the adapter from under it.
 """
 
 import asyncio
@@ -37,7 +37,7 @@ from protpeft.registry import ModelVersionInfo
 
 from .embedding_lru import DEFAULT_EMBEDDING_CACHE_SIZE, EmbeddingLRU
 from .mixed_adapters import BASE, install_routing
-from .prediction_pass import ModelReleased, PassCounts, PredictionJob, forward_thread_setup, run_pass
+from .prediction_pass import ModelReleased, PredictionFlow, PredictionJob, forward_thread_setup
 
 __all__ = ["ModelReleased", "ModelStore", "PredictionJob", "ServedModel", "SharedBase"]
 
@@ -161,11 +161,12 @@ class ModelStore:
     :meth:`submit`/:meth:`call` (the model thread).
 
     Args:
-        forward_threads: forward calls of a pass run concurrently on this many threads, torch's intra-op threads
+        forward_threads: forward calls run concurrently on this many threads, torch's intra-op threads
             (the replica's CPUs) shared out among them: on CPU, concurrent small calls beat one thread on large ones
             (padding, and matmuls too small to scale).
         forward_batch: sequences per forward call.
-        pass_examples: examples a pass takes from the waiting requests (a larger request goes alone).
+        pass_examples: examples the model thread takes from the waiting requests at once (a larger request goes
+            alone).
         embedding_cache_size: entries of the :class:`~protpeft.deploy.embedding_lru.EmbeddingLRU` (0: off).
     """
 
@@ -179,8 +180,6 @@ class ModelStore:
         self.bases: dict[str, SharedBase] = {}
         self.models: dict[str, ServedModel] = {}
         self.cache = EmbeddingLRU(embedding_cache_size)
-        self.counts = PassCounts()
-        self.forward_batch = max(1, forward_batch)
         self.pass_examples = max(1, pass_examples)
         self._model_thread = ModelThread("protpeft-model")
         self._serial = itertools.count()
@@ -190,6 +189,8 @@ class ModelStore:
         self.threads_per_forward = max(1, torch.get_num_threads() // self.forward_threads)
         self._forwards = ThreadPoolExecutor(self.forward_threads, thread_name_prefix="protpeft-forward",
                                             initializer=forward_thread_setup(self.threads_per_forward))  # fmt: skip
+        self.flow = PredictionFlow(self.cache, self._forwards, forward_batch, self.submit)
+        self.counts = self.flow.counts
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         return self._model_thread.submit(fn, *args)
@@ -208,9 +209,9 @@ class ModelStore:
     def predict_later(self, jobs: list[PredictionJob]) -> None:
         """Queue jobs for the model thread; their futures get (N, outputs) probabilities or the error.
 
-        Each job queues one pass, and a pass takes every job waiting by then (up to ``pass_examples``; passes that
-        find nothing left return at once): requests that arrived while the model was busy share its next pass,
-        whichever models they address.
+        Each job queues one take, and a take hands every job waiting by then (up to ``pass_examples``; takes that
+        find nothing left return at once) to the prediction flow: requests that arrived together share its forward
+        calls, whichever models they address.
         """
         with self._waiting_lock:
             self._waiting.extend(jobs)
@@ -221,6 +222,7 @@ class ModelStore:
 
     def load(self, model_id: str, info: ModelVersionInfo, run_dir: Path) -> ServedModel:
         """Put a pulled (and verified) run directory into memory, sharing its base when one is loaded."""
+        self.flow.quiesce()  # an adapter goes into modules that forward calls may be running through
         artifact = read_artifact(run_dir)
         mode = artifact.mode_spec
         base = adapter = None
@@ -260,6 +262,7 @@ class ModelStore:
         more is freed (with the frozen versions' embeddings on it)."""
         if model.released:
             return
+        self.flow.quiesce()  # no forward call may run through the adapter while it is taken out
         model.released = True
         model.predictor = None
         if self.models.get(model.model_id) is model:
@@ -283,8 +286,8 @@ class ModelStore:
             while self._waiting and (not taken or size + len(self._waiting[0].examples) <= self.pass_examples):
                 taken.append(self._waiting.popleft())
                 size += len(taken[-1].examples)
-        if taken:  # else an earlier pass took this call's jobs
-            run_pass(taken, self.cache, self._forwards, self.forward_batch, self.counts)
+        if taken:  # else an earlier call took this call's jobs
+            self.flow.take(taken)
 
     def storage(self) -> StorageReport:
         """Parameter bytes measured on the tensors themselves, deduplicated by storage address."""

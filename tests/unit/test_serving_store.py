@@ -186,3 +186,16 @@ def test_release_drops_a_versions_embeddings_and_keeps_the_others(runs, make_sto
                                atol=1e-5)  # fmt: skip
     with pytest.raises(RuntimeError, match="released"):
         answer(store, [(models["lora-a"], pairs)])
+
+
+def test_a_protein_is_encoded_once_however_many_requests_wait_for_it(runs, make_store):
+    store = make_store(forward_threads=2, embedding_cache_size=0)  # no cache: only sharing calls can save work
+    models = load_all(store, runs)
+    pair = stream(1, 2, seed=9)
+    jobs = [PredictionJob(models["lora-a"], pair) for _ in range(6)]
+    for job in jobs:  # separate takes, while the first calls are still queued or running
+        store.predict_later([job])
+    answers = [job.future.result(timeout=120) for job in jobs]
+    assert store.counts.encoded == len(set(pair[0])) and store.counts.requests == 6
+    assert all(np.array_equal(a, answers[0]) for a in answers)
+    np.testing.assert_allclose(answers[0], offline(runs["lora-a"], pair), rtol=0, atol=1e-5)
