@@ -2,23 +2,29 @@
 
 Setup (in a temporary directory, with its own MLflow store): a random-weight ESM-2 of a real architecture, one LoRA
 run of a few steps on synthetic pairs, and 7 variants of it (its adapter and head weights perturbed), registered as
-``bench-0`` … ``bench-7`` with alias ``live``. Then, one server at a time, alternating for ``--rounds`` rounds:
+``bench-0`` … ``bench-7`` with alias ``live``. Two request streams (:mod:`benchmarks.serve_streams`): ``random``
+(every request new proteins of ~300 random residues: no cache can help) and ``ecoli`` (the D-SCRIPT E. coli test
+pairs in file order, as a proteome screen sends them: proteins recur). Then, per round and stream, one server at a
+time, each freshly started (no cache carried over), alternating:
 
-1. ``protpeft serve bench-0@live`` (its defaults) starts as a subprocess; ``--clients`` threads of this process send
+1. ``protpeft serve bench-0@live`` (its defaults); ``--clients`` threads of this process send
    ``POST /v1/models/bench-0/predict`` (``--pairs`` pairs each, one keep-alive connection per client) for
-   ``--seconds``; then the 7 other versions are added at run time (``POST /admin/models``) and the load repeats,
-   each request going to one of the 8 models in turn;
-2. ``mlflow models serve -m models:/bench-0@live --env-manager local`` (its defaults) gets the same payloads and load
-   on ``POST /invocations``.
+   ``--seconds``;
+2. the same with the 7 other versions added at run time (``POST /admin/models``), request ``i`` going to model
+   ``i mod 8``;
+3. ``mlflow models serve -m models:/bench-0@live --env-manager local`` (its defaults) gets the same stream on
+   ``POST /invocations``.
 
-Each phase reports req/s, p50, p99, errors, the time from start to the first healthy answer, and the RSS of the
-server's whole process tree (for protpeft: Ray's processes and the replica). Results: benchmarks/results/serve.json
-and .md.
+Each phase starts after a 2 s warm-up on other (random) proteins and reports req/s, p50, p99, errors, protpeft's
+embedding-cache hit rate and share of proteins encoded (from its ``/metrics``), the time from start to the first
+healthy answer, the RSS of the server's whole process tree (for protpeft: Ray's processes and the replica) and the
+1-minute load average. Results: benchmarks/results/serve.json and .md.
 
-    .venv/bin/python -m benchmarks.bench_serve [--seconds 12] [--rounds 2] [--clients 8] [--pairs 1]
+    flock /tmp/protpeft-heavy.lock .venv/bin/python -m benchmarks.bench_serve [--seconds 12] [--rounds 2]
+        [--clients 8] [--pairs 1] [--streams random,ecoli]
 
-On shared CPU cores absolute numbers are noisy; the ratios within one run are what counts. ``--preset tiny`` shows
-the serving overhead (HTTP, batching, adapter switching) instead of the model's compute.
+On shared CPU cores absolute numbers are noisy; the ratios within one round are what counts. ``--preset tiny`` shows
+the serving overhead (HTTP, batching, adapters) instead of the model's compute.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import argparse
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -43,17 +48,17 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, random_esm2, write_results
+from benchmarks.serve_streams import STREAMS, PairStream, ecoli_pairs, stream_skip_reason
 
 ADAPTERS = 8
 DEFAULT_PRESET = "esm2_t6_8M_UR50D"
 
 
-def make_runs(work: Path, preset: str) -> tuple[list[Path], list[tuple[str, str]]]:
-    """One trained LoRA run directory and 7 perturbed copies; the synthetic pairs' sequences for requests."""
+def make_runs(work: Path, preset: str) -> list[Path]:
+    """One trained LoRA run directory and 7 perturbed copies."""
     from safetensors.torch import load_file, save_file
 
     from protpeft.config import load_config
-    from protpeft.data.fasta import read_fasta
     from protpeft.data.synth import write_synthetic
     from protpeft.trainer.run import run_training
 
@@ -79,10 +84,7 @@ def make_runs(work: Path, preset: str) -> tuple[list[Path], list[tuple[str, str]
             state = load_file(copy / name)
             save_file({k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in state.items()}, copy / name)
         runs.append(copy)
-    seqs = list(read_fasta(data["sequences"]).values())
-    rng = random.Random(0)
-    pairs = [(rng.choice(seqs), rng.choice(seqs)) for _ in range(256)]
-    return runs, pairs
+    return runs
 
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -162,27 +164,25 @@ def tree_rss_mb(process: subprocess.Popen) -> float:
     return total / 2**20
 
 
-def load_test(server: Server, models: list[str], pairs: list, per_request: int, clients: int, seconds: float) -> dict:
-    """``clients`` threads, each with one keep-alive connection, posting for ``seconds``; latency percentiles."""
+def load_test(server: Server, models: list[str], stream: PairStream, clients: int, seconds: float) -> dict:
+    """``clients`` threads, each with one keep-alive connection, posting the stream's requests for ``seconds``."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
-    def client(index: int) -> None:
-        rng = random.Random(index)
+    def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-        n = index
         while time.perf_counter() < stop_at:
-            model = models[n % len(models)]
-            n += 1
-            body = server.body([rng.choice(pairs) for _ in range(per_request)])
+            index, pairs = stream.take()
+            body = server.body(pairs)
             started = time.perf_counter()
             try:
-                conn.request("POST", server.path(model), body, {"Content-Type": "application/json"})
+                conn.request("POST", server.path(models[index % len(models)]), body,
+                             {"Content-Type": "application/json"})  # fmt: skip
                 response = conn.getresponse()
                 payload = response.read()
-                ok = response.status == 200 and server.answers(payload) == per_request
+                ok = response.status == 200 and server.answers(payload) == len(pairs)
                 problem = None if ok else f"{response.status}: {payload[:200]!r}"
             except (OSError, http.client.HTTPException) as err:
                 problem = repr(err)
@@ -196,7 +196,7 @@ def load_test(server: Server, models: list[str], pairs: list, per_request: int, 
                     errors.append(problem)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -213,41 +213,50 @@ def load_test(server: Server, models: list[str], pairs: list, per_request: int, 
     }
 
 
-def run_protpeft(server: Server, names: list[str], pairs: list, args: argparse.Namespace, env: dict, log: Path,
-                 round_: int) -> list[dict]:  # fmt: skip
-    """Two phases on one protpeft server: bench-0 alone, then all 8 versions (added at run time)."""
+CACHE_COUNTERS = ("protpeft_embedding_cache_hits_total", "protpeft_embedding_cache_misses_total",
+                  "protpeft_requested_sequences_total", "protpeft_encoded_sequences_total")  # fmt: skip
+
+
+def cache_counters(server: Server) -> dict[str, float]:
+    """protpeft's embedding-cache and encoding counters, from its /metrics (the peer has none)."""
+    if server.label != "protpeft":
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=60) as response:
+        text = response.read().decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name in CACHE_COUNTERS}  # fmt: skip
+
+
+def run_phase(server: Server, adapters: int, stream_name: str, args: argparse.Namespace, env: dict, log: Path,
+              pairs: list | None, round_: int) -> dict:  # fmt: skip
+    """A freshly started server (its cache empty), ``adapters`` models, a warm-up, then the measured stream."""
     process, ready_s = start(server, env, log)
-    rows = []
+    url = f"http://127.0.0.1:{server.port}"
+    names = [f"bench-{i}" for i in range(adapters)]
     try:
-        load_test(server, names[:1], pairs, args.pairs, args.clients, 2)  # warm-up
-        rows.append(phase(server, process, ready_s, names[:1], pairs, args, round_))
-        url = f"http://127.0.0.1:{server.port}"
         for name in names[1:]:
             assert post_json(f"{url}/admin/models", {"ref": f"{name}@live"}, ADMIN_HEADERS)[0] == 201
-        load_test(server, names, pairs, args.pairs, args.clients, 2)
-        rows.append(phase(server, process, ready_s, names, pairs, args, round_))
-        with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
-            RESULTS.mkdir(parents=True, exist_ok=True)  # what /metrics showed after the load (not committed)
-            (RESULTS / "serve_metrics.txt").write_bytes(response.read())
+        # warm-up on other proteins than the measured stream's (nothing of it is cached before it starts)
+        load_test(server, names, PairStream("random", args.pairs, seed=10_000 + round_), args.clients, 2)
+        before = cache_counters(server)
+        result = load_test(server, names, PairStream(stream_name, args.pairs, seed=round_, pairs=pairs), args.clients,
+                           args.seconds)  # fmt: skip
+        after = cache_counters(server)
+        if server.label == "protpeft" and adapters == ADAPTERS:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+                RESULTS.mkdir(parents=True, exist_ok=True)  # what /metrics showed after the load (not committed)
+                (RESULTS / "serve_metrics.txt").write_bytes(response.read())
+        delta = {k: after[k] - before.get(k, 0.0) for k in after}
+        lookups = delta.get(CACHE_COUNTERS[0], 0.0) + delta.get(CACHE_COUNTERS[1], 0.0)
+        requested = delta.get(CACHE_COUNTERS[2], 0.0)
+        return {"server": server.label, "round": round_, "stream": stream_name, "adapters": adapters, **result,
+                "cache_hit_rate": delta[CACHE_COUNTERS[0]] / lookups if lookups else float("nan"),
+                "encoded_share": delta[CACHE_COUNTERS[3]] / requested if requested else float("nan"),
+                "ready_s": ready_s, "rss_mb": tree_rss_mb(process), "load_1m": os.getloadavg()[0]}  # fmt: skip
     finally:
         stop(process)
-    return rows
-
-
-def run_peer(server: Server, pairs: list, args: argparse.Namespace, env: dict, log: Path, round_: int) -> dict:
-    process, ready_s = start(server, env, log)
-    try:
-        load_test(server, ["bench-0"], pairs, args.pairs, args.clients, 2)  # warm-up
-        return phase(server, process, ready_s, ["bench-0"], pairs, args, round_)
-    finally:
-        stop(process)
-
-
-def phase(server: Server, process: subprocess.Popen, ready_s: float, models: list[str], pairs: list,
-          args: argparse.Namespace, round_: int) -> dict:  # fmt: skip
-    result = load_test(server, models, pairs, args.pairs, args.clients, args.seconds)
-    return {"server": server.label, "round": round_, "adapters": len(models), **result, "ready_s": ready_s,
-            "rss_mb": tree_rss_mb(process)}  # fmt: skip
 
 
 def main() -> None:
@@ -256,25 +265,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="protpeft / peer alternations")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--pairs", type=int, default=1, help="pairs per request")
+    parser.add_argument("--streams", default=",".join(STREAMS), help=f"request streams, of {', '.join(STREAMS)}")
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="random ESM-2 architecture, or 'tiny' (results go to "
                         "serve_<preset>.json)")  # fmt: skip
     parser.add_argument("--port", type=int, default=8437)
     args = parser.parse_args()
+    streams, skipped = [], []
+    for name in args.streams.split(","):
+        reason = stream_skip_reason(name)
+        (skipped if reason else streams).append(reason or name)
+    for reason in skipped:
+        print(reason, file=sys.stderr)
+    load_start = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     os.environ.update({"PROTPEFT_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true"})
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from protpeft.registry import register_run
+    from protpeft.registry import register_run, tracking_uri
 
-    runs, pairs = make_runs(work, args.preset)
-    for i, run in enumerate(runs):
+    for i, run in enumerate(make_runs(work, args.preset)):
         register_run(run, f"bench-{i}", alias="live")
-    names = [f"bench-{i}" for i in range(ADAPTERS)]
+    pairs = {"random": None, "ecoli": ecoli_pairs() if "ecoli" in streams else None}
 
-    from protpeft.registry import tracking_uri
-
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"MLFLOW_TRACKING_URI": tracking_uri()}
     python = str(Path(sys.executable))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "MLFLOW_TRACKING_URI": tracking_uri(),
+        "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # the peer execs uvicorn by name
+    }
     protpeft = Server("protpeft", [str(Path(python).with_name("protpeft")), "serve", "bench-0@live", "--port",
                                    str(args.port), "--admin-token", ADMIN_TOKEN], "/healthz", args.port)  # fmt: skip
     peer = Server("mlflow models serve", [python, "-m", "mlflow", "models", "serve", "-m", "models:/bench-0@live",
@@ -283,33 +300,48 @@ def main() -> None:
     log = work / "servers.log"
     rows: list[dict] = []
     for round_ in range(1, args.rounds + 1):  # alternating, one server at a time
-        rows += run_protpeft(protpeft, names, pairs, args, env, log, round_)
-        rows.append(run_peer(peer, pairs, args, env, log, round_))
-    errors = {f"first error, {r['server']} round {r['round']} ({r['adapters']} adapters)": r.pop("first_error")
-              for r in rows}  # fmt: skip
+        for stream in streams:
+            rows.append(run_phase(protpeft, 1, stream, args, env, log, pairs[stream], round_))
+            rows.append(run_phase(protpeft, ADAPTERS, stream, args, env, log, pairs[stream], round_))
+            rows.append(run_phase(peer, 1, stream, args, env, log, pairs[stream], round_))
+    errors = {f"first error, {r['server']} round {r['round']} {r['stream']} ({r['adapters']} adapters)":
+              r.pop("first_error") for r in rows}  # fmt: skip
+    write_results("serve" if args.preset == DEFAULT_PRESET else f"serve_{args.preset}", rows,
+                  notes(rows, args, streams, skipped, load_start, errors))  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def notes(rows: list[dict], args: argparse.Namespace, streams: list[str], skipped: list[str],
+          load_start: tuple[float, ...], errors: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     ratios = {}
     for round_ in range(1, args.rounds + 1):
-        ours = next(r for r in rows if r["round"] == round_ and r["server"] == "protpeft" and r["adapters"] == 1)
-        eight = next(r for r in rows if r["round"] == round_ and r["server"] == "protpeft" and r["adapters"] == 8)
-        theirs = next(r for r in rows if r["round"] == round_ and r["server"] != "protpeft")
-        ratios[f"round {round_}: protpeft / peer req/s (1 adapter, 8 adapters)"] = (
-            f"{ours['requests_per_s'] / theirs['requests_per_s']:.2f}x, "
-            f"{eight['requests_per_s'] / theirs['requests_per_s']:.2f}x"
-        )
-        ratios[f"round {round_}: p99 protpeft / peer"] = f"{ours['p99_ms'] / theirs['p99_ms']:.2f}"
-    notes = {
+        for stream in streams:
+            mine = [r for r in rows if (r["round"], r["stream"]) == (round_, stream)]
+            ours = {r["adapters"]: r for r in mine if r["server"] == "protpeft"}
+            theirs = next(r for r in mine if r["server"] != "protpeft")
+            ratios[f"round {round_} {stream}: protpeft / peer req/s (1 adapter, 8 adapters)"] = ", ".join(
+                f"{ours[n]['requests_per_s'] / theirs['requests_per_s']:.2f}x" for n in (1, ADAPTERS)
+            )
+            ratios[f"round {round_} {stream}: p99 protpeft / peer (1 adapter, 8 adapters)"] = ", ".join(
+                f"{ours[n]['p99_ms'] / theirs['p99_ms']:.2f}" for n in (1, ADAPTERS)
+            )
+    loads = [r["load_1m"] for r in rows]
+    return {
         "model": f"{args.preset} (random weights), LoRA r8 on key+value, {ADAPTERS} versions registered",
-        "load": f"{args.clients} client threads in a second process, {args.pairs} pair(s)/request of synthetic "
-        f"proteins, {args.seconds:.0f} s per phase after a 2 s warm-up, loopback; the 8-adapter phase rotates "
-        "requests over the 8 models",
-        "servers": "each with its defaults, one at a time, alternating: `protpeft serve bench-0@live` and `mlflow "
-        "models serve -m models:/bench-0@live --env-manager local`; rss_mb: the server's whole process tree",
+        "load": f"{args.clients} client threads in a second process, {args.pairs} pair(s)/request, "
+        f"{args.seconds:.0f} s per phase after a 2 s warm-up on other proteins, loopback; request i to model i mod M",
+        "streams": "random: fresh 250-350-residue random proteins in every request; ecoli: D-SCRIPT E. coli test "
+        "pairs in file order (proteins recur)",
+        "servers": "each with its defaults, freshly started per phase, one at a time, alternating: `protpeft serve "
+        "bench-0@live` (+7 via POST /admin/models) and `mlflow models serve -m models:/bench-0@live --env-manager "
+        "local`; rss_mb: the server's whole process tree; cache_hit_rate: hits / lookups of distinct proteins per "
+        "pass; encoded_share: proteins that went through the backbone / proteins requested",
         **ratios,
-        "machine": f"{os.cpu_count()} cores shared with the client threads (and whatever else runs)",
+        "machine": f"{os.cpu_count()} cores shared with the client threads and other work: 1-minute load average "
+        f"{load_start[0]:.1f} at the start, {min(loads):.1f}-{max(loads):.1f} at the phases' ends",
         **{k: v for k, v in errors.items() if v},
+        **({"skipped": "; ".join(skipped)} if skipped else {}),
     }
-    write_results("serve" if args.preset == DEFAULT_PRESET else f"serve_{args.preset}", rows, notes)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@ One deployment (:class:`ModelServer`, FastAPI ingress) holds a :class:`~protpeft
 
 - a **shared base** per base fingerprint, loaded once; every LoRA version trained on it is a named peft adapter
   injected into that one backbone (``PeftModel.from_pretrained(base, dir, adapter_name=…)``, then
-  ``load_adapter``), switched with ``set_adapter`` per batch; frozen versions use the base with adapters disabled;
-  each version keeps its own classification head;
-- full fine-tuning versions, which carry their own backbone, loaded separately (``/v1/models`` says so).
+  ``load_adapter``); each forward row names its adapter (peft's mixed-adapter batches), so requests for different
+  adapters share passes and run concurrently; frozen versions use the base with no adapter; each version keeps its
+  own classification head;
+- full fine-tuning versions, which carry their own backbone, loaded separately (``/v1/models`` says so);
+- an exact embedding cache: a protein's pooled representation, per encoder, for proteins seen before.
 
 Versions are loaded per id through ``@serve.multiplexed`` (id ``name/version#serial``, LRU-bounded per replica).
-Requests are batched with ``@serve.batch``, and the model thread merges every batch waiting for it, grouped per
-model (one ``set_adapter`` per group). Every model operation (load, predict, release) runs on that one thread, in
-submission order: adapters are switched on a shared module, so nothing may interleave, and a release queued behind a
-prediction never pulls the adapter from under it.
+Requests are batched with ``@serve.batch``, and the model thread merges every batch waiting for it into one pass
+(:mod:`~protpeft.deploy.prediction_pass`). Every model operation (load, predict pass, release) runs on that one
+thread, in submission order: loading and releasing change the shared modules, so nothing may interleave, and a
+release queued behind a prediction never pulls the adapter from under it.
 
 ``POST /admin/reload`` (or ``--poll``) re-resolves each served reference (``NAME@alias``) and swaps in new
 versions; ``POST /admin/models`` adds one at run time.
@@ -39,6 +41,7 @@ from protpeft.registry import ModelRef, ModelVersionInfo, RegistryError, get_ver
 
 from .api import BODY_ERRORS, ERRORS, INVALID, api, use_metrics
 from .auth import API_SCHEME, AUTH_ERRORS, AdminCredentials, ApiCredentials, check_token, without_scheme
+from .embedding_lru import DEFAULT_EMBEDDING_CACHE_SIZE
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .model_store import ModelReleased, ModelStore, PredictionJob, ServedModel, SharedBase
 from .schemas import (
@@ -85,10 +88,12 @@ class ServeSettings:
     poll_seconds: float | None = None
     max_batch_size: int = 8
     batch_wait_s: float = 0.005
-    predict_batch_size: int = 16
-    """Examples per forward pass."""
+    predict_batch_size: int = 1
+    """Sequences per forward call."""
     forward_threads: int = 1
-    """Forward passes of one model pass run concurrently on this many threads (torch's threads are shared out)."""
+    """Forward calls of one model pass run concurrently on this many threads (torch's threads are shared out)."""
+    embedding_cache_size: int = DEFAULT_EMBEDDING_CACHE_SIZE
+    """Pooled representations kept per replica (:class:`~protpeft.deploy.embedding_lru.EmbeddingLRU`); 0: off."""
     admin_token: str | None = None
     """Bearer token ``/admin/*`` requires (always set by :func:`~protpeft.deploy.serve.serve_models`)."""
     api_token: str | None = None
@@ -125,8 +130,10 @@ class ModelServer:
 
     async def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.base, settings.workdir, settings.forward_threads)
-        self.metrics = ServeMetrics(lambda: len(self.store.models), self.store.adapter_count)
+        self.store = ModelStore(settings.base, settings.workdir, forward_threads=settings.forward_threads,
+                                forward_batch=settings.predict_batch_size, pass_examples=settings.pass_examples,
+                                embedding_cache_size=settings.embedding_cache_size)  # fmt: skip
+        self.metrics = ServeMetrics(lambda: len(self.store.models), self.store.adapter_count, self.store)
         use_metrics(self.metrics)
         self.routes: dict[str, Route] = {}
         self._serial = itertools.count(1)
@@ -230,8 +237,7 @@ class ModelServer:
                     results[i] = err
                     continue
                 jobs[i] = PredictionJob(items[i].model, items[i].examples)
-            self.store.predict_later(list(jobs.values()), self.settings.predict_batch_size,
-                                     self.settings.pass_examples)  # fmt: skip
+            self.store.predict_later(list(jobs.values()))
             todo = []
             for i, job in jobs.items():
                 try:
@@ -276,7 +282,7 @@ class ModelServer:
         models = [self._describe(name) for name in sorted(self.routes)]
         storage = await self.store.call(self.store.storage)
         batches, requests, largest = self._batches
-        passes, passed = self.store.passes, self.store.passed_requests
+        passes, passed = self.store.counts.passes, self.store.counts.requests
         batching = BatchingReport(
             batches=batches, requests=requests, requests_per_batch=requests / max(batches, 1),
             max_requests_per_batch=largest, max_batch_size=self.settings.max_batch_size, model_passes=passes,

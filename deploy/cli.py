@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from .embedding_lru import DEFAULT_EMBEDDING_CACHE_SIZE
 from .serve import DEFAULT_FORWARD_BATCH
 
 __all__ = ["register"]
@@ -60,15 +61,21 @@ def serve_command(
     forward_batch: Annotated[
         int,
         typer.Option(
-            help="Examples (pairs or sequences) per forward pass of the model. Small is fastest on CPU "
-            "(less padding); raise it on an accelerator.",
+            help="Sequences per forward call of a backbone (rows of different adapters may share one). Small is "
+            "fastest on CPU (less padding); raise it on an accelerator.",
             min=1,
         ),
     ] = DEFAULT_FORWARD_BATCH,
     forward_threads: Annotated[
         int | None,
+        typer.Option(help="Forward calls run concurrently, sharing the replica's CPUs (default: one per CPU).", min=1),
+    ] = None,
+    embedding_cache_size: Annotated[
+        int | None,
         typer.Option(
-            help="Forward passes run concurrently, sharing the replica's CPUs (default: one per CPU).", min=1
+            help="Pooled protein representations kept per replica (LRU), so a protein seen before is not encoded "
+            f"again; exact (same answers). 0 turns it off. [default: {DEFAULT_EMBEDDING_CACHE_SIZE}]",
+            min=0,
         ),
     ] = None,
     admin_token: Annotated[
@@ -113,13 +120,15 @@ def serve_command(
             console.print(f"admin token (for /admin/*; shown once, set --admin-token or PROTPEFT_ADMIN_TOKEN to "
                           f"choose it): {info.generated_admin_token}", highlight=False, soft_wrap=True)  # fmt: skip
         console.print(f"replica: {info.num_cpus:g} CPUs, {info.forward_threads} forward threads of "
-                      f"{info.forward_batch} example(s); metrics: {info.url}/metrics", highlight=False)  # fmt: skip
+                      f"{info.forward_batch} sequence(s), embedding cache {info.embedding_cache_size} entries; "
+                      f"metrics: {info.url}/metrics", highlight=False)  # fmt: skip
         console.print(f"ready: {info.url} (models: {info.url}/v1/models, API docs: {info.url}/docs); Ctrl-C stops",
                       highlight=False)  # fmt: skip
 
     serve_models(refs, address=address, host=host, port=port, base=base, poll_seconds=poll, limits=limits,
                  num_cpus=num_cpus, max_batch_size=max_batch_size, forward_batch=forward_batch,
-                 forward_threads=forward_threads, admin_token=admin_token, api_token=api_token,
+                 forward_threads=forward_threads, embedding_cache_size=embedding_cache_size,
+                 admin_token=admin_token, api_token=api_token,
                  on_ready=ready)  # fmt: skip
     console.print("stopped")
 

@@ -8,9 +8,11 @@ itself: HTTP requests and their status codes, request latency, how requests were
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServeMetrics"]
 
@@ -21,8 +23,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 class ServeMetrics:
     """The counters, histograms and gauges of one replica."""
 
-    def __init__(self, loaded_models: Callable[[], float], loaded_adapters: Callable[[], float]) -> None:
+    def __init__(self, loaded_models: Callable[[], float], loaded_adapters: Callable[[], float],
+                 store: Any = None) -> None:  # fmt: skip
+        """``store``: the replica's :class:`~protpeft.deploy.model_store.ModelStore`, whose embedding cache and
+        pass counts are read at each scrape."""
         self.registry = CollectorRegistry(auto_describe=True)
+        if store is not None:
+            self.registry.register(_StoreCollector(store))
         self.requests = Counter("protpeft_http_requests", "HTTP requests answered, by route template and status code.",
                                 ["method", "route", "status"], registry=self.registry)  # fmt: skip
         self.errors = Counter("protpeft_http_errors", "HTTP answers with a 4xx or 5xx status, by status code.",
@@ -46,3 +53,31 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StoreCollector:
+    """The model store's own counters (kept as plain integers on the model thread), read at scrape time."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        cache, counts = self.store.cache, self.store.counts
+        yield CounterMetricFamily("protpeft_embedding_cache_hits", "Proteins whose pooled representation came from "
+                                  "the embedding cache.", value=cache.hits)  # fmt: skip
+        yield CounterMetricFamily("protpeft_embedding_cache_misses", "Proteins looked up in the embedding cache and "
+                                  "not found (then encoded).", value=cache.misses)  # fmt: skip
+        yield GaugeMetricFamily("protpeft_embedding_cache_entries", "Pooled representations held now.",
+                                value=len(cache))  # fmt: skip
+        yield GaugeMetricFamily("protpeft_embedding_cache_capacity", "Entries the cache holds at most (0: off).",
+                                value=cache.capacity)  # fmt: skip
+        yield CounterMetricFamily("protpeft_model_passes", "Passes of the model thread over waiting requests.",
+                                  value=counts.passes)  # fmt: skip
+        yield CounterMetricFamily("protpeft_requested_sequences", "Proteins the predicted examples held (two per "
+                                  "pair).", value=counts.sequences)  # fmt: skip
+        yield CounterMetricFamily("protpeft_encoded_sequences", "Sequences that went through a backbone (not cached, "
+                                  "not repeated within a pass).", value=counts.encoded)  # fmt: skip
+        yield CounterMetricFamily("protpeft_forward_calls", "Backbone forward calls.", value=counts.forward_calls)

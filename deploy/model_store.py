@@ -1,38 +1,43 @@
-"""The model store of a Serve replica: one copy of each base model, the LoRA adapters injected into it, and the
-one model thread every model operation runs on (no Ray here: one process, one thread).
+"""The model store of a Serve replica: one copy of each base model, the LoRA adapters injected into it, the
+embedding cache, and the one model thread every model operation runs on (no Ray here: one process).
 
 A **shared base** per base fingerprint is loaded once; every LoRA version trained on it is a named peft adapter
-(``PeftModel.from_pretrained(base, dir, adapter_name=…)``, then ``load_adapter``), switched with ``set_adapter`` per
-batch; frozen versions use the base with adapters disabled; each version keeps its own classification head. Full
-fine-tuning versions carry their own backbone and are loaded separately. Load, predict and release run on the model
-thread in submission order: adapters are switched on a shared module, so nothing may interleave.
+(``PeftModel.from_pretrained(base, dir, adapter_name=…)``, then ``load_adapter``); frozen versions use the base with
+no adapter; each version keeps its own classification head. Full fine-tuning versions carry their own backbone and
+are loaded separately. No adapter is ever *switched*: each forward row names its adapter
+(:mod:`~protpeft.deploy.mixed_adapters`), so calls for different adapters run at once on the forward threads.
+
+Load, release and the prediction flow (:class:`~protpeft.deploy.prediction_pass.PredictionFlow`: requests taken,
+forward calls handed to the forward threads, answers when they return) run on the model thread in submission order.
+Loading and releasing change the shared modules, so they first wait for the forward calls in flight; a release
+queued behind a prediction never pulls the adapter from under it.
 """
 
 import asyncio
 import itertools
 import logging
 import os
+import queue
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from protpeft.artifact import RunArtifact, read_artifact
 from protpeft.base_location import resolve_base
-from protpeft.deploy.schemas import (
-    StorageReport,
-)
+from protpeft.deploy.schemas import StorageReport
 from protpeft.models.assembly import assemble_task_model, load_checked_base
 from protpeft.models.backbone import load_tokenizer
 from protpeft.predict import Predictor
 from protpeft.registry import ModelVersionInfo
+
+from .embedding_lru import DEFAULT_EMBEDDING_CACHE_SIZE, EmbeddingLRU
+from .mixed_adapters import BASE, install_routing
+from .prediction_pass import ModelReleased, PredictionFlow, PredictionJob, forward_thread_setup
 
 __all__ = ["ModelReleased", "ModelStore", "PredictionJob", "ServedModel", "SharedBase"]
 
@@ -59,6 +64,7 @@ class SharedBase:
         else:
             self.peft.load_adapter(run_dir, adapter_name=name)
         self.peft.eval()
+        install_routing(self.backbone)  # peft injected its layers into ``backbone`` itself
 
     def remove_adapter(self, name: str) -> None:
         if self.peft is None or name not in self.peft.peft_config:
@@ -70,20 +76,6 @@ class SharedBase:
             with warnings.catch_warnings():  # "adapter X was active which is now deleted": expected, another is set
                 warnings.simplefilter("ignore", UserWarning)
                 self.peft.delete_adapter(name)
-
-    @contextmanager
-    def active(self, adapter: str | None) -> Iterator[None]:
-        """The backbone computes with ``adapter`` (None: the plain base, every adapter disabled)."""
-        if adapter is not None:
-            self.peft.set_adapter(adapter)
-            yield
-        else:
-            with self.peft.disable_adapter() if self.peft is not None else nullcontext():
-                yield
-
-
-class ModelReleased(RuntimeError):
-    """A prediction reached the model thread after its version was released (a reload raced it)."""
 
 
 @dataclass(eq=False)
@@ -100,97 +92,157 @@ class ServedModel:
     """None for full fine-tuning (own backbone)."""
     adapter: str | None
     store: "ModelStore"
+    encoder_id: str
+    """What computes its pooled representations: ``adapter:<name>``, ``base:<fingerprint>`` (frozen versions share
+    it) or ``own:<id>`` (full fine-tuning)."""
     released: bool = False
 
     labels = Predictor.labels  # reads only ``task`` and ``label_names``: usable after a release too
 
+    @property
+    def encoder_key(self) -> str:
+        """The embedding cache's key for this model's encoder: the encoder, its pooling and its crop."""
+        artifact = self.predictor.artifact
+        return f"{self.encoder_id}|{artifact.pooling}|{artifact.crop}"
+
+    @property
+    def call_group(self) -> tuple:
+        """Models whose sequences may share a forward call: one backbone, pooling and crop (adapters may differ)."""
+        artifact = self.predictor.artifact
+        return id(self.predictor.model.encoder.backbone), artifact.pooling, artifact.crop
+
+    def row_adapter(self) -> str | None:
+        """This model's name in a call's ``adapter_names`` (None: its backbone has no LoRA layers)."""
+        if self.base is None or self.base.peft is None:
+            return None
+        return self.adapter or BASE
+
     def __del__(self) -> None:
-        # ``@serve.multiplexed`` calls __del__ when it evicts a model; the release is queued on the model thread,
-        # behind any prediction already submitted for it.
+        # ``@serve.multiplexed`` calls __del__ when it evicts a model (and the garbage collector may call it again,
+        # anywhere); the release is queued on the model thread, behind any prediction already submitted for it.
         if not self.released:
+            self.store.submit(self.store.release, self)
+
+
+class ModelThread:
+    """One thread running submitted calls in submission order.
+
+    Not a ``ThreadPoolExecutor``: its ``submit`` takes a module-global lock, and ``ServedModel.__del__`` submits
+    (a release) whenever the garbage collector runs it, which may be inside another ``submit`` on the same thread
+    (a deadlock). ``queue.SimpleQueue.put`` is reentrant: safe from ``__del__``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after what is queued now (callers of later submissions wait forever: none expected)."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                self.store.submit(self.store.release, self)
-            except RuntimeError:  # executor already shut down (process exit)
-                pass
-
-
-@dataclass(eq=False)
-class PredictionJob:
-    """One request's examples for one model, and the future its probabilities arrive on."""
-
-    model: ServedModel
-    examples: list[tuple[str, ...]]
-    future: Future = field(default_factory=Future)
+                future.set_result(fn(*args))
+            except BaseException as err:  # the caller sees it; the thread goes on
+                future.set_exception(err)
 
 
 class ModelStore:
-    """Served versions and the shared bases under them. Call its methods through :meth:`submit`/:meth:`call`."""
+    """Served versions, the shared bases under them and the embedding cache. Call its methods through
+    :meth:`submit`/:meth:`call` (the model thread).
 
-    def __init__(self, base_override: str | None = None, workdir: str | None = None, forward_threads: int = 1) -> None:
+    Args:
+        forward_threads: forward calls run concurrently on this many threads, torch's intra-op threads
+            (the replica's CPUs) shared out among them: on CPU, concurrent small calls beat one thread on large ones
+            (padding, and matmuls too small to scale).
+        forward_batch: sequences per forward call.
+        pass_examples: examples the model thread takes from the waiting requests at once (a larger request goes
+            alone).
+        embedding_cache_size: entries of the :class:`~protpeft.deploy.embedding_lru.EmbeddingLRU` (0: off).
+    """
+
+    def __init__(self, base_override: str | None = None, workdir: str | None = None, *, forward_threads: int = 1,
+                 forward_batch: int = 1, pass_examples: int = 64,
+                 embedding_cache_size: int = DEFAULT_EMBEDDING_CACHE_SIZE) -> None:  # fmt: skip
+        import torch
+
         self.base_override = base_override
         self.workdir = Path(workdir) if workdir else None
         self.bases: dict[str, SharedBase] = {}
         self.models: dict[str, ServedModel] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protpeft-model")
+        self.cache = EmbeddingLRU(embedding_cache_size)
+        self.pass_examples = max(1, pass_examples)
+        self._model_thread = ModelThread("protpeft-model")
         self._serial = itertools.count()
         self._waiting: deque[PredictionJob] = deque()
         self._waiting_lock = threading.Lock()
-        self.passes = self.passed_requests = 0
-        # Forward passes of one model pass run on these threads, torch's intra-op threads shared out among them: on
-        # CPU, concurrent small passes beat one thread on large ones (padding, and matmuls too small to scale).
         self.forward_threads = max(1, forward_threads)
-        self._forwards = ThreadPoolExecutor(self.forward_threads, thread_name_prefix="protpeft-forward")
-        if self.forward_threads > 1:
-            import torch
-
-            torch.set_num_threads(max(1, torch.get_num_threads() // self.forward_threads))
+        self.threads_per_forward = max(1, torch.get_num_threads() // self.forward_threads)
+        self._forwards = ThreadPoolExecutor(self.forward_threads, thread_name_prefix="protpeft-forward",
+                                            initializer=forward_thread_setup(self.threads_per_forward))  # fmt: skip
+        self.flow = PredictionFlow(self.cache, self._forwards, forward_batch, self.submit)
+        self.counts = self.flow.counts
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        return self._executor.submit(fn, *args)
+        return self._model_thread.submit(fn, *args)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.stop()
         self._forwards.shutdown(wait=False, cancel_futures=True)
 
     def adapter_count(self) -> int:
         """LoRA adapters injected into the shared bases now (read from any thread: a gauge)."""
         return sum(len(b.peft.peft_config) for b in list(self.bases.values()) if b.peft is not None)
 
-    def predict_later(self, jobs: list[PredictionJob], batch_size: int, pass_examples: int) -> None:
+    def predict_later(self, jobs: list[PredictionJob]) -> None:
         """Queue jobs for the model thread; their futures get (N, outputs) probabilities or the error.
 
-        Each job queues one pass, and a pass takes every job waiting by then (up to ``pass_examples``; passes that
-        find nothing left return at once): requests that arrived while the model was busy share its next forward
-        passes, however Serve cut them into batches.
+        Each job queues one take, and a take hands every job waiting by then (up to ``pass_examples``; takes that
+        find nothing left return at once) to the prediction flow: requests that arrived together share its forward
+        calls, whichever models they address.
         """
         with self._waiting_lock:
             self._waiting.extend(jobs)
         for _ in jobs:
-            self.submit(self._run_waiting, batch_size, pass_examples)
+            self.submit(self._run_waiting)
 
     # ---- on the model thread
 
     def load(self, model_id: str, info: ModelVersionInfo, run_dir: Path) -> ServedModel:
         """Put a pulled (and verified) run directory into memory, sharing its base when one is loaded."""
+        self.flow.quiesce()  # an adapter goes into modules that forward calls may be running through
         artifact = read_artifact(run_dir)
         mode = artifact.mode_spec
         base = adapter = None
+        serial = next(self._serial)
         if mode.own_backbone:
             classifier, tokens = assemble_task_model(artifact, run_dir)
+            encoder_id = f"own:{model_id}~{serial}"
         else:
             base = self._base_for(artifact, run_dir)
             if mode.adapter:
-                adapter = f"{model_id}~{next(self._serial)}"
+                adapter = f"{model_id}~{serial}"
                 base.add_adapter(run_dir, adapter)
             base.users.add(adapter or model_id)
             classifier, tokens = assemble_task_model(
                 artifact, run_dir, backbone=base.backbone, tokenizer=base.tokenizer
             )
+            encoder_id = f"adapter:{adapter}" if adapter else f"base:{base.fingerprint}"
         predictor = Predictor(classifier, tokens, artifact)
-        model = ServedModel(model_id, info, predictor.task, predictor.label_names, predictor, base, adapter, self)
+        model = ServedModel(model_id, info, predictor.task, predictor.label_names, predictor, base, adapter, self,
+                            encoder_id)  # fmt: skip
         self.models[model_id] = model
         log.info("loaded %s (%s, %s)", model_id, artifact.mode, f"base {base.fingerprint}" if base else "own backbone")
         return model
@@ -206,13 +258,17 @@ class ModelStore:
         return self.bases[fingerprint]
 
     def release(self, model: ServedModel) -> None:
-        """Drop a version: its adapter leaves the shared base, and a base nobody uses any more is freed."""
+        """Drop a version: its adapter leaves the shared base, its cached embeddings go, and a base nobody uses any
+        more is freed (with the frozen versions' embeddings on it)."""
         if model.released:
             return
+        self.flow.quiesce()  # no forward call may run through the adapter while it is taken out
         model.released = True
         model.predictor = None
         if self.models.get(model.model_id) is model:
             del self.models[model.model_id]
+        if not model.encoder_id.startswith("base:"):
+            self.cache.forget(model.encoder_id + "|")
         base = model.base
         if base is not None:
             if model.adapter is not None:
@@ -220,54 +276,18 @@ class ModelStore:
             base.users.discard(model.adapter or model.model_id)
             if not base.users:
                 self.bases.pop(base.fingerprint, None)
+                self.cache.forget(f"base:{base.fingerprint}|")
         log.info("released %s", model.model_id)
 
-    def _run_waiting(self, batch_size: int, pass_examples: int) -> None:
+    def _run_waiting(self) -> None:
         taken: list[PredictionJob] = []
         size = 0
         with self._waiting_lock:
-            while self._waiting and (not taken or size + len(self._waiting[0].examples) <= pass_examples):
+            while self._waiting and (not taken or size + len(self._waiting[0].examples) <= self.pass_examples):
                 taken.append(self._waiting.popleft())
                 size += len(taken[-1].examples)
-        if not taken:
-            return  # an earlier pass took this call's jobs
-        self.passes += 1
-        self.passed_requests += len(taken)
-        groups: dict[int, list[PredictionJob]] = {}
-        for job in taken:
-            groups.setdefault(id(job.model), []).append(job)
-        for jobs in groups.values():
-            try:
-                probs = self.predict(jobs[0].model, [ex for job in jobs for ex in job.examples], batch_size)
-            except Exception as err:
-                for job in jobs:
-                    job.future.set_exception(err)
-                continue
-            start = 0
-            for job in jobs:
-                job.future.set_result(probs[start : start + len(job.examples)])
-                start += len(job.examples)
-
-    def predict(self, model: ServedModel, examples: list[tuple[str, ...]], batch_size: int) -> np.ndarray:
-        if model.released or model.predictor is None:
-            raise ModelReleased(f"{model.model_id} was released before its batch ran")
-        context = model.base.active(model.adapter) if model.base is not None else nullcontext()
-        with context:  # the adapter stays active until every forward pass of this call has returned
-            if self.forward_threads == 1 or len(examples) <= batch_size:
-                return self._forward(model.predictor, examples, batch_size)
-            order = sorted(range(len(examples)), key=lambda i: max(len(s) for s in examples[i]))
-            chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            parts = self._forwards.map(lambda c: self._forward(model.predictor, [examples[i] for i in c], batch_size),
-                                       chunks)  # fmt: skip
-            out = None
-            for chunk, probs in zip(chunks, parts, strict=True):
-                out = np.empty((len(examples), *probs.shape[1:]), probs.dtype) if out is None else out
-                out[chunk] = probs
-            return out
-
-    @staticmethod
-    def _forward(predictor: Predictor, examples: list[tuple[str, ...]], batch_size: int) -> np.ndarray:
-        return predictor.predict_examples(examples, batch_size=batch_size)
+        if taken:  # else an earlier call took this call's jobs
+            self.flow.take(taken)
 
     def storage(self) -> StorageReport:
         """Parameter bytes measured on the tensors themselves, deduplicated by storage address."""

@@ -33,10 +33,18 @@ class ServerInfo:
     num_cpus: float = 1.0
     forward_threads: int = 1
     forward_batch: int = 1
+    embedding_cache_size: int = 0
 
 
 DEFAULT_FORWARD_BATCH = 1
-"""Examples per forward pass on CPU: single pairs on concurrent threads beat padded batches there."""
+"""Sequences per forward call on CPU: single sequences on concurrent threads beat padded batches there."""
+
+LOCAL_SERVE_ENV = {
+    # Ray starts as many idle Python workers as CPUs in advance, for tasks Serve never runs (~200 MB each).
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+}
+"""Settings of a local Ray instance started for serving (a variable already set wins)."""
 
 
 def serve_models(
@@ -52,6 +60,7 @@ def serve_models(
     max_batch_size: int = 8,
     forward_batch: int = DEFAULT_FORWARD_BATCH,
     forward_threads: int | None = None,
+    embedding_cache_size: int | None = None,
     admin_token: str | None = None,
     api_token: str | None = None,
     on_ready: Callable[[ServerInfo], None] | None = None,
@@ -59,7 +68,8 @@ def serve_models(
     """Serve ``refs`` over HTTP on ``host:port`` until interrupted.
 
     ``num_cpus`` (default: every CPU of the largest node) is the replica's CPU share, hence torch's threads;
-    ``forward_threads`` (default: one per CPU) run forward passes of ``forward_batch`` examples concurrently.
+    ``forward_threads`` (default: one per CPU) run forward calls of ``forward_batch`` sequences concurrently;
+    ``embedding_cache_size`` pooled representations are kept for proteins seen before (0: none).
     ``/admin/*`` needs ``admin_token`` (default: a new random one, passed to ``on_ready`` to print); the prediction
     endpoints need ``api_token`` only when it is given.
 
@@ -92,17 +102,20 @@ def serve_models(
 
     from .app import APP_NAME, ServeSettings, build_app
     from .auth import new_token
+    from .embedding_lru import DEFAULT_EMBEDDING_CACHE_SIZE
 
     generated = None if admin_token else new_token()
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ} | {"MLFLOW_TRACKING_URI": uri}
     started = not ray.is_initialized() and resolve_address(address) == "local"
-    connect(address)
+    connect(address, dashboard=False, env=LOCAL_SERVE_ENV)  # a local instance: no dashboard, no idle workers
     num_cpus = num_cpus or largest_node_cpus()
+    cache_size = DEFAULT_EMBEDDING_CACHE_SIZE if embedding_cache_size is None else embedding_cache_size
     threads = forward_threads or max(1, int(num_cpus))
     settings = ServeSettings(refs=tuple(str(r) for r in parsed), tracking_uri=uri, base=base, workdir=os.getcwd(),
                              limits=limits or Limits(), poll_seconds=poll_seconds, max_batch_size=max_batch_size,
                              predict_batch_size=forward_batch, forward_threads=threads,
-                             admin_token=admin_token or generated, api_token=api_token)  # fmt: skip
+                             embedding_cache_size=cache_size, admin_token=admin_token or generated,
+                             api_token=api_token)  # fmt: skip
     stop = _StopOnSignal()
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -113,7 +126,8 @@ def serve_models(
         if on_ready is not None:
             served = [{"name": v.name, "ref": str(r), "version": v.version, "mode": v.mode}
                       for r, v in zip(parsed, versions, strict=True)]  # fmt: skip
-            on_ready(ServerInfo(f"http://{host}:{port}", served, generated, num_cpus, threads, forward_batch))
+            on_ready(ServerInfo(f"http://{host}:{port}", served, generated, num_cpus, threads, forward_batch,
+                                cache_size))  # fmt: skip
         stop.wait()
     except KeyboardInterrupt:  # Ctrl-C while starting: stop as cleanly as once running
         pass

@@ -54,11 +54,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool | None = None) -> None:
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    verbose: bool | None = None,
+    dashboard: bool = True,
+    env: dict[str, str] | None = None,
+) -> None:
     """``ray.init`` once per process. A local instance gets the machine's cores (or ``num_cpus``) and a small
-    object store (its dashboard stays on: Ray Train's placement-group cleaner polls the state API it serves); an
-    existing cluster is joined as it is. ``verbose``: see :func:`ray_output`; default from the command's
-    ``--verbose`` (:func:`protpeft.console.verbosity`)."""
+    object store; an existing cluster is joined as it is. ``verbose``: see :func:`ray_output`; default from the
+    command's ``--verbose`` (:func:`protpeft.console.verbosity`).
+
+    Args:
+        dashboard: start the local instance's dashboard (Ray Train's placement-group cleaner polls the state API it
+            serves; Serve needs none).
+        env: variables for the local instance's processes (set unless already set), besides Ray Train's.
+    """
     import ray
 
     from protpeft.console import verbosity
@@ -76,19 +88,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, verbose:
         )
     common = ray_output(verbosity() if verbose is None else verbose)
     if target == "local":
-        for key, value in LOCAL_TRAIN_ENV.items():
+        for key, value in (LOCAL_TRAIN_ENV | (env or {})).items():
             os.environ.setdefault(key, value)
-        dashboard_port = _free_port()
-        # Ray's own processes find "their" cluster's state API by this variable, else by looking for running
-        # clusters on the machine, which fails once a second Ray instance runs beside this one (another user's
-        # `ray start`, another protpeft run): Ray Train's placement-group cleaner then dies and its groups leak.
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+        settings: dict[str, Any] = {"include_dashboard": False}
+        if dashboard:
+            port = _free_port()
+            settings = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+            # Ray's own processes find "their" cluster's state API by this variable, else by looking for running
+            # clusters on the machine, which fails once a second Ray instance runs beside this one (another user's
+            # `ray start`, another protpeft run): Ray Train's placement-group cleaner then dies and its groups leak.
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port,
+            **settings,
             **common,
         )
     else:

@@ -311,6 +311,11 @@ def test_metrics_count_requests_errors_latency_batches_and_adapters(server):
     predicted = "protpeft_predicted_examples_total"
     assert metric(after, predicted, model="ppi-a") - metric(before, predicted, model="ppi-a") == 6
     assert metric(after, "protpeft_loaded_adapters") == 3 and metric(after, "protpeft_loaded_models") == len(SERVED)
+    # the same two proteins three times: encoded at most once, then found in the embedding cache
+    hits, encoded = "protpeft_embedding_cache_hits_total", "protpeft_encoded_sequences_total"
+    assert metric(after, hits) - metric(before, hits) >= 4
+    assert metric(after, encoded) - metric(before, encoded) <= 2
+    assert metric(after, "protpeft_embedding_cache_capacity") > 0 and metric(after, "protpeft_embedding_cache_entries")
 
 
 def test_the_api_conforms_to_its_own_openapi_schema(server, tmp_path):
