@@ -178,7 +178,7 @@ class PredictionFlow:
                 classifier, key = model.predictor.model, model.encoder_key
                 pooled = torch.stack([job.rows[(key, s)] for job in group for ex in job.examples for s in ex])
                 embedding = pooled.view(-1, classifier.members, pooled.shape[-1]).mean(1)  # ProteinClassifier's mean
-                logits = classifier.head(embedding.to(classifier.head.net[1].weight.dtype))
+                logits = classifier.classify(embedding)
                 probs = TASKS[model.task].probabilities(torch.sigmoid(logits.float()).numpy())
             except Exception as err:
                 for job in group:

@@ -18,7 +18,6 @@ touched), but once the cache holds every sequence they are not resident, and all
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -161,20 +160,17 @@ class PrefixCache(ShardDir):
                 tmp = self.dir / f".{path.name}.{uuid.uuid4().hex}.tmp"
                 save_file({n: params[n].detach().contiguous() for n in names}, tmp)
                 os.replace(tmp, path)
-        with open(path, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(header_len))
-        flat = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
         mapped = 0
-        for name in names:
-            param, entry = params[name], header.get(name)
-            begin, end = entry["data_offsets"] if entry else (0, -1)
-            if entry is None or list(param.shape) != entry["shape"] or end - begin != param.nbytes:
-                raise RuntimeError(f"{path}: {name} is not stored with the model's shape and dtype")
-            view = flat[8 + header_len + begin : 8 + header_len + end].view(param.dtype).view(param.shape)
-            sample = slice(None, None, max(1, param.numel() // 256))
-            if not torch.equal(view.reshape(-1)[sample], param.detach().reshape(-1)[sample]):
-                raise RuntimeError(f"{path}: {name} holds other values than the model's (a different base?)")
-            param.data = view
-            mapped += end - begin
+        with safe_open(path, framework="pt") as stored:  # get_tensor maps the file privately: copy-on-write pages
+            held = set(stored.keys())
+            for name in names:
+                param = params[name]
+                view = stored.get_tensor(name) if name in held else None
+                if view is None or view.shape != param.shape or view.dtype != param.dtype:
+                    raise RuntimeError(f"{path}: {name} is not stored with the model's shape and dtype")
+                sample = slice(None, None, max(1, param.numel() // 256))
+                if not torch.equal(view.reshape(-1)[sample], param.detach().reshape(-1)[sample]):
+                    raise RuntimeError(f"{path}: {name} holds other values than the model's (a different base?)")
+                param.data = view
+                mapped += view.nbytes
         return mapped

@@ -139,5 +139,9 @@ class ProteinClassifier(nn.Module):
         return pooled[index].view(self.members, -1, pooled.shape[-1]).mean(0)
 
     def forward(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        embedding = self.embed(index, **inputs)
+        return self.classify(self.embed(index, **inputs))
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits (B, outputs) from examples' member-averaged embeddings (B, H), cast to the head's dtype (the
+        encoder may run in another precision). Serving calls it directly on cached pooled vectors."""
         return self.head(embedding.to(self.head.net[1].weight.dtype))
