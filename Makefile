@@ -58,7 +58,7 @@ cluster-demo: install
 
 # The five slowest tests are listed at the end: the suite should stay under 12 minutes on 2 cores.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=5
+	$(PY) -m pytest -q -n 2 --durations=5
 
 test-unit: install
 	$(PY) -m pytest -q -m unit

@@ -10,17 +10,34 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ppi-dscript"
 
 _SERIAL_GROUPS = {"cluster": "shared-nothing-cluster", "integration": "local-ray"}
-"""Test folders whose tests run one after another on one pytest-xdist worker (``make test`` runs ``-n 2 --dist
-loadgroup``): the cluster tests share one S3 server and cluster, the integration tests one local Ray instance and
-the machine's 2 CPUs. The two groups overlap in time (both mostly wait on Ray's start-up), and the unit tests fill
-in around them."""
+"""Test folders whose tests run one after another on one pytest-xdist worker (``make test`` runs ``-n 2``): the
+cluster tests share one S3 server and cluster, the integration tests one local Ray instance and MLflow servers. The
+two groups overlap in time (both mostly wait on Ray's start-up), and the unit tests fill in around them."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        folder = Path(str(item.path)).parent.name
-        if folder in _SERIAL_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(_SERIAL_GROUPS[folder]))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Schedule by :data:`_SERIAL_GROUPS` (one scope per group folder, one per unit test). Not xdist's ``loadgroup``:
+    it renames items through ``item._nodeid``, which pytest 9.2 no longer reads, so its groups silently split over
+    the workers (each then started its own cluster and Ray instance, and 2 cores ran four Ray clusters)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/")
+            return _SERIAL_GROUPS.get(parts[1], nodeid) if len(parts) > 2 and parts[0] == "tests" else nodeid
+
+    return FolderGroups(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's in-process torch gets its share of the CPUs: two workers with a thread per
+    CPU each oversubscribe the cores, and OpenMP's spinning threads then slow in-process training by 10x or more."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session", autouse=True)

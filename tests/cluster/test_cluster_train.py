@@ -10,6 +10,7 @@ Bad storage settings fail before any worker starts, with one line that says what
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,8 @@ from drivers import driver_env, work_dir, write_config
 from parity import COMMON, STEPS, TOLERANCE, train_losses
 
 pytestmark = pytest.mark.cluster
+LAST_2 = "lora.last_layers=2"
+"""LoRA on the last 2 of the tiny model's 4 layers: layers 0..1 come from the prefix cache, filled on each node."""
 
 
 def _protpeft(cluster, args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
@@ -40,7 +43,7 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
     from protpeft.trainer.run import run_training
 
     work = work_dir(local_cluster, "lora")
-    cfg = make_config("ppi", "lora", *COMMON, "optim.batch_size=4", f"output_dir={work / 'runs'}",
+    cfg = make_config("ppi", "lora", *COMMON, LAST_2, "optim.batch_size=4", f"output_dir={work / 'runs'}",
                       "tracking.mlflow=true", name="cluster-lora", small=True)  # fmt: skip
     config_file = write_config(cfg, work / "lora.yaml")
     tracking = f"sqlite:///{work / 'mlflow.db'}"
@@ -60,13 +63,15 @@ def test_lora_on_two_nodes_with_s3_storage_comes_back_to_the_driver(local_cluste
     }
     artifact = json.loads((run_dir / "protpeft.json").read_text())
     assert artifact["workers"] == 2 and artifact["steps"] == STEPS
+    # -- the prefix cache (layers 0..1) was on although the nodes share no cache directory: each node filled its own
+    # copy, so rank 0 read every sequence's prefix from its node's cache
+    cache_note = next(n for n in artifact["data_notes"] if n.startswith("prefix cache"))
+    held = re.search(r"prefix cache on: layers 0\.\.1 of 4 .* for (\d+) of (\d+) sequences", cache_note)
+    assert held is not None and held[1] == held[2], cache_note
 
     # -- the same run in one process, batch 2b: same curve, same predictions
-    reference = run_training(
-        make_config(
-            "ppi", "lora", *COMMON, "optim.batch_size=8", "engine.strategy=local", name="one-process", small=True
-        )  # fmt: skip
-    )
+    one_process = ("optim.batch_size=8", "engine.strategy=local")
+    reference = run_training(make_config("ppi", "lora", *COMMON, LAST_2, *one_process, name="one-process", small=True))
     cluster_curve, local_curve = train_losses(run_dir), train_losses(reference.run_dir)
     assert len(cluster_curve) == len(local_curve) == STEPS
     assert max(abs(a - b) for a, b in zip(cluster_curve, local_curve, strict=True)) < TOLERANCE
