@@ -82,7 +82,7 @@ def run_command(
         alias=alias,
         report=report,
     )
-    console.print(trials_table(result.trials, result.best))
+    console.print(trials_table(result.trials, result.best, result.metric))
     if result.interrupted:
         where = f" --storage {result.storage}" if result.storage else ""  # found there from any machine
         console.print(f"interrupted; continue with: protpeft tune --resume {result.experiment_dir}{where}",
@@ -118,23 +118,24 @@ def report_command(
     )
 
 
-def trials_table(rows: list[dict], best: dict | None):
+def trials_table(rows: list[dict], best: dict | None, metric: str = "val_aupr"):
+    """One row per trial: its searched values, steps and the search's own metric (the best marked with *)."""
     from rich.table import Table
 
     keys = [k for k in rows[0]["config"] if k != "mode"] if rows else []  # mode has its own column
     table = Table(title="trials")
-    for column in ("trial", "state", "mode", *keys, "steps", "val_aupr"):
+    for column in ("trial", "state", "mode", *keys, "steps", metric):
         table.add_column(column, justify="left" if column in ("trial", "state", "mode") else "right")
     for row in rows:
         mark = " *" if best is not None and row["trial_id"] == best["trial_id"] else ""
-        aupr = row["metrics"].get("val_aupr")
+        value = row["metrics"].get(metric)
         table.add_row(
             row["trial_id"] + mark,
             row["state"],
             row["mode"],
             *(_cell(row["config"].get(k)) for k in keys),
             str(row["steps"] or 0),
-            f"{aupr:.4f}" if aupr is not None else "—",
+            f"{value:.4f}" if value is not None else "—",
         )
     return table
 

@@ -32,6 +32,8 @@ class ExperimentResult:
     counts: dict[str, int] = field(default_factory=dict)
     storage: str | None = None
     """The storage the experiment is kept in (``tune --resume EXPERIMENT --storage STORAGE``), if any."""
+    metric: str = "val_aupr"
+    """The metric the search ranked trials by."""
 
     @property
     def trials_file(self) -> Path:
@@ -142,4 +144,6 @@ def finish_search(
         if uri is not None and parent is not None:
             log_report(written, uri, parent)
     storage = (search.base.get("engine") or {}).get("storage")
-    return ExperimentResult(exp_dir, rows, best, interrupted, parent, uri, registered, report_path, counts, storage)
+    return ExperimentResult(
+        exp_dir, rows, best, interrupted, parent, uri, registered, report_path, counts, storage, settings.metric
+    )

@@ -101,3 +101,18 @@ def test_categorical_key_groups_by_value(experiment: Path) -> None:
                         if r["mode"] == "frozen" and r["config"]["model.head_hidden"] == 32])  # fmt: skip
     assert groups["frozen"][0].mean == pytest.approx(expected)
     assert re.fullmatch(r"\d+", groups["lora"][1].label)
+
+
+def test_the_trials_table_shows_the_metric_the_search_ranked_by() -> None:
+    from rich.console import Console
+
+    from protpeft.tune.cli import trials_table
+
+    rows = [trial(1, "lora", 1e-3, 32, 0.7), trial(2, "lora", 5e-3, 32, 0.8)]
+    for row, loss in zip(rows, (0.25, 0.125), strict=True):
+        row["metrics"]["val_loss"] = loss
+    console = Console(record=True, width=200)
+    console.print(trials_table(rows, rows[1], "val_loss"))
+    text = console.export_text()
+    assert "val_loss" in text and "val_aupr" not in text
+    assert re.search(r"t02 \*.*0\.1250", text) and "0.2500" in text
