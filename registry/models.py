@@ -2,8 +2,9 @@
 
 A thin layer over ``MlflowClient`` returning frozen dataclasses (reading — show, list, compare — is in
 :mod:`protpeft.registry.versions`). Every version's source is the pyfunc model of its MLflow run (``<run
-artefacts>/model``, see :mod:`protpeft.registry.packaging`), so ``mlflow models serve -m models:/NAME@alias`` serves
-it and :func:`pull` downloads only its ``artifacts/run`` directory.
+artefacts>/model``, or ``model-N`` when an earlier upload was cut short; see :mod:`protpeft.registry.packaging`),
+so ``mlflow models serve -m models:/NAME@alias`` serves it and :func:`pull` downloads only its ``artifacts/run``
+directory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import store
 from .refs import ModelRef, RegistryError, check_alias, check_name, parse_ref
-from .versions import FILES_TAG, SIZE_TAG, ModelVersionInfo, _client, _info, _is, _resolve
+from .versions import FILES_TAG, MODEL_PATH_TAG, SIZE_TAG, ModelVersionInfo, _client, _info, _is, _resolve
 
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
@@ -41,12 +42,6 @@ def _ensure_registered_model(client, name: str, artifact: RunArtifact) -> None:
     except MlflowException as err:
         if not _is(err, "RESOURCE_ALREADY_EXISTS"):
             raise
-
-
-def _has_model(client, run_id: str) -> bool:
-    from .packaging import MODEL_PATH
-
-    return any(f.path == f"{MODEL_PATH}/MLmodel" for f in client.list_artifacts(run_id, MODEL_PATH))
 
 
 def _new_run_for(client, uri: str, run_dir: Path, artifact: RunArtifact, packaged) -> Any:
@@ -124,7 +119,7 @@ def register_run(
     """
     from mlflow.exceptions import MlflowException
 
-    from .packaging import MODEL_PATH, package_run
+    from .packaging import package_run
     from .run_lifecycle import logged_package
     from .tracking import run_tags
 
@@ -143,7 +138,7 @@ def register_run(
                 raise RegistryError(
                     f"no MLflow run {mlflow_run_id!r} at {client.tracking_uri}: {err.message}"
                 ) from None
-            if not _has_model(client, mlflow_run_id):
+            if MODEL_PATH_TAG not in run.data.tags:  # not logged, or its upload was cut short: upload it now
                 from .tracking import record_finished_run
 
                 record_finished_run(client, mlflow_run_id, artifact, packaged)
@@ -154,8 +149,9 @@ def register_run(
         copied = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}  # the run's own tags
         tags = {"git_commit": "unknown", **copied, **run_tags(artifact), SIZE_TAG: str(packaged.size_bytes),
                 FILES_TAG: str(packaged.files)}  # fmt: skip
+        source = f"{run.info.artifact_uri}/{run.data.tags[MODEL_PATH_TAG]}"  # the run's complete logged model
         mv = client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/{MODEL_PATH}", run_id=run.info.run_id, tags=tags,
+            name, source=source, run_id=run.info.run_id, tags=tags,
             description=description or _describe(artifact, run),
         )  # fmt: skip
         if alias is not None:

@@ -32,7 +32,8 @@ from .packaging import PackagedRun, package_run
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
 
-from .tracking import FILES_TAG, SIZE_TAG, MLflowLogger, MLflowLoggerFactory, git_commit, record_finished_run
+from .tracking import MLflowLogger, MLflowLoggerFactory, git_commit, record_finished_run
+from .versions import FILES_TAG, MODEL_PATH_TAG, SIZE_TAG
 
 __all__ = [
     "TrackedRun",
@@ -92,7 +93,7 @@ def log_finished_run(mlflow_client, run_id: str, run_dir: Path, artifact: RunArt
 def logged_package(mlflow_client, run_id: str, run_dir: str | Path) -> PackagedRun | None:
     """What registering ``run_dir`` needs when run ``run_id`` already logged it as its model: its metadata, size and
     file count (recorded when it was packaged), without copying and hashing it again; None when the run has no
-    logged model (or was logged before file counts were recorded), so the caller packages it.
+    complete logged model (its upload was cut short, or it predates the tags), so the caller packages it.
 
     ``path`` is the run directory itself: the model to register is already among the run's artefacts.
     """
@@ -104,7 +105,7 @@ def logged_package(mlflow_client, run_id: str, run_dir: str | Path) -> PackagedR
         tags = mlflow_client.get_run(run_id).data.tags
     except MlflowException:  # an unknown run: the caller says so
         return None
-    if SIZE_TAG not in tags or FILES_TAG not in tags:
+    if any(tag not in tags for tag in (SIZE_TAG, FILES_TAG, MODEL_PATH_TAG)):
         return None
     return PackagedRun(Path(run_dir), read_artifact(run_dir), int(tags[SIZE_TAG]), int(tags[FILES_TAG]))
 

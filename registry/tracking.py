@@ -24,7 +24,7 @@ from protpeft.config import RunConfig, flatten_config
 
 from . import store
 from .packaging import MODEL_PATH, PackagedRun
-from .versions import FILES_TAG, SIZE_TAG
+from .versions import FILES_TAG, MODEL_PATH_TAG, SIZE_TAG
 
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
@@ -112,11 +112,20 @@ class MLflowLogger:
         self.client.set_terminated(self.run_id, status)
 
 
-def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packaged: PackagedRun) -> None:
-    """Tags, cost metrics and the uploaded pyfunc model (``model/``) of a finished run directory."""
+def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packaged: PackagedRun) -> str:
+    """Upload a finished run directory's pyfunc model into run ``run_id``, then its tags and cost metrics; return
+    the model's path among the run's artefacts.
+
+    The model goes to ``model/``, or to ``model-2/``, ``model-3/``, ... when an earlier upload (one cut short by an
+    interruption, whose files would otherwise mix with these) is there; the tags, written last, name the complete
+    one (:data:`~protpeft.registry.versions.MODEL_PATH_TAG`).
+    """
     from mlflow.entities import Metric, RunTag
 
-    tags = {**run_tags(artifact), SIZE_TAG: str(packaged.size_bytes), FILES_TAG: str(packaged.files)}
+    model_path = _free_model_path(mlflow_client, run_id)
+    mlflow_client.log_artifacts(run_id, str(packaged.path), model_path)
+    tags = {**run_tags(artifact), SIZE_TAG: str(packaged.size_bytes), FILES_TAG: str(packaged.files),
+            MODEL_PATH_TAG: model_path}  # fmt: skip
     if "git_commit" not in mlflow_client.get_run(run_id).data.tags:  # the driver's, set when the run was created
         tags["git_commit"] = git_commit()
     costs: dict[str, Any] = {f"params_{k}": v for k, v in artifact.params.items()}
@@ -124,7 +133,14 @@ def record_finished_run(mlflow_client, run_id: str, artifact: RunArtifact, packa
     now, step = int(time.time() * 1000), artifact.steps
     metrics = [Metric(k, v, now, step) for k, raw in costs.items() if (v := _finite(raw)) is not None]
     mlflow_client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-    mlflow_client.log_artifacts(run_id, str(packaged.path), MODEL_PATH)
+    return model_path
+
+
+def _free_model_path(mlflow_client, run_id: str) -> str:
+    """``model``, or the first ``model-N`` (N ≥ 2) that holds no artefacts of run ``run_id`` yet."""
+    taken = {Path(f.path).name for f in mlflow_client.list_artifacts(run_id)}
+    candidates = (MODEL_PATH if n == 1 else f"{MODEL_PATH}-{n}" for n in range(1, len(taken) + 2))
+    return next(path for path in candidates if path not in taken)
 
 
 @dataclass(frozen=True)

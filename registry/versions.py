@@ -19,6 +19,7 @@ from .refs import ModelRef, RegistryError, check_name, parse_ref
 
 __all__ = [
     "FILES_TAG",
+    "MODEL_PATH_TAG",
     "SIZE_TAG",
     "ModelVersionInfo",
     "RegisteredModelInfo",
@@ -31,6 +32,9 @@ __all__ = [
 SIZE_TAG = "artifact_size_bytes"
 FILES_TAG = "artifact_files"
 """Run and version tags with the logged artefact's size and file count (a registered version copies its run's)."""
+MODEL_PATH_TAG = "protpeft.model_path"
+"""Run tag: where among the run's artefacts its complete pyfunc model is. Set after the upload finished, so a run
+whose upload was cut short (an interrupted Tune trial) has none, and logging it again uploads to a fresh path."""
 _COST_METRICS = ("params_trainable", "params_total", "peak_memory_mb", "wall_seconds")
 
 

@@ -203,6 +203,37 @@ def test_corrupted_or_mismatched_artefacts_are_refused(sqlite_store, ppi_runs, t
     assert [m.name for m in list_models()] == ["ppi-guarded"]
 
 
+def test_a_model_upload_cut_short_never_mixes_with_the_complete_one(sqlite_store, ppi_runs, tmp_path):
+    """A Tune trial interrupted while it uploaded its model leaves part of it among its run's artefacts; the trial,
+    resumed, logs its run directory again (here without ``metrics.jsonl``, which it wrote no records into). The
+    version registered from that run holds exactly the second upload: the two never merge into one ``model/``."""
+    from mlflow import MlflowClient
+
+    from protpeft.artifact import read_artifact
+    from protpeft.registry import load, pull, register_run
+    from protpeft.registry.run_lifecycle import open_run
+    from protpeft.registry.tracking import MLflowLogger
+
+    trained = ppi_runs["lora"].run_dir
+    client = MlflowClient(sqlite_store)
+    for relog in (True, False):
+        run_id, uri = open_run("cut-short", f"trial-{relog}", {}, sqlite_store)
+        client.log_artifact(run_id, str(trained / "metrics.jsonl"), "model/artifacts/run")  # the first upload, cut
+        resumed = copy_run_dir(trained, tmp_path / f"resumed-{relog}")
+        (resumed / "metrics.jsonl").unlink()
+        if relog:  # the resumed trial logs its run directory (else registration finds no complete model and uploads)
+            MLflowLogger(run_id, uri).log_run_dir(resumed, read_artifact(resumed))
+        name = "ppi-relogged" if relog else "ppi-cut-short"
+        version = register_run(resumed, name, mlflow_run_id=run_id)
+        assert version.source.endswith("/model-2")  # beside the part-upload in model/, never into it
+        pulled = pull(name, tmp_path / name)
+        got = sorted(p.relative_to(pulled).as_posix() for p in pulled.rglob("*") if p.is_file())
+        assert got == sorted(["manifest.json", *(p.relative_to(resumed).as_posix() for p in resumed.rglob("*")
+                                                   if p.is_file())])  # fmt: skip
+        np.testing.assert_allclose(load(name).predict(pairs=sample_pairs()),
+                                   ppi_runs["lora"].predictions, atol=1e-6)  # fmt: skip
+
+
 def test_base_model_from_argument_env_mapping_or_recorded_location(sqlite_store, ppi_runs, tiny_model, tmp_path,
                                                                    monkeypatch):  # fmt: skip
     from protpeft.base_location import BaseModelNotFound
