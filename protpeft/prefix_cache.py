@@ -111,10 +111,6 @@ class PrefixCache(ShardDir):
             self.write(pending)
 
         mine = coordinated_fill(self, missing, fill, share, barrier, is_leader)
-        # Workers on nodes that do not share this disk found their directory without the others' shares: each
-        # node then fills its own copy (the first of its workers to take the local lock; on a shared disk,
-        # nothing is missing and this is a lookup).
-        mine += coordinated_fill(self, missing, fill)
         self.refresh()
         return len(mine)
 

@@ -94,6 +94,10 @@ def coordinated_fill(
     directory after the leader holds the lock and before anyone writes), ``share`` picks this worker's part and
     ``fill`` computes and writes it. The leader holds the file lock until every worker's shards are written, so
     another job waiting on the lock then finds everything.
+
+    Workers on nodes that share no disk each find their own directory without the other nodes' shares: then each
+    node fills the rest of its copy (the first of its workers to take its local lock; on a shared disk nothing is
+    missing and this is a lookup).
     """
     with shards.lock() if is_leader else nullcontext():
         barrier()  # the leader holds the lock before anyone looks
@@ -103,4 +107,8 @@ def coordinated_fill(
         if mine:
             fill(mine)
         barrier()  # all shards written
-    return mine
+    with shards.lock():
+        rest = list(missing(shards.keys()))
+        if rest:
+            fill(rest)
+    return mine + rest

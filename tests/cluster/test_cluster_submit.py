@@ -1,7 +1,10 @@
 """``protpeft submit`` of a training job to the shared-nothing cluster's dashboard, token auth on: the job's
 entrypoint runs on the head (its working directory — config, data, base model — shipped by Ray), its 2 workers on
 the worker nodes, storage on S3; it ends SUCCEEDED, its run is in the registry, and the user's machine gets the run
-back from storage (``runs pull``) and the registry, never from a node's disk."""
+back from storage (``runs pull``) and the registry, never from a node's disk.
+
+The job is a frozen-backbone run, so frozen mode's embedding cache is proven on the cluster here: the two workers
+split the embedding, and as their nodes share no cache directory each node then embeds the rest of its own copy."""
 
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ pytestmark = pytest.mark.cluster
 def test_submitted_job_lands_in_storage_and_registry(local_cluster, make_config, tiny_model, small_ppi) -> None:
     from mlflow.tracking import MlflowClient
 
+    from protpeft.data.datasets import load_task_data
+
     work = work_dir(local_cluster, "submit")
     job_dir = work / "job"
     job_dir.mkdir(parents=True)
     shutil.copytree(tiny_model, job_dir / "tiny-esm2")
     for key in ("pairs", "sequences"):
         shutil.copy(small_ppi[key], job_dir / small_ppi[key].name)
-    cfg = make_config("ppi", "lora", "optim.max_steps=2", "optim.batch_size=8", "engine.log_every=1",
+    cfg = make_config("ppi", "frozen", "optim.max_steps=2", "optim.batch_size=8", "engine.log_every=1",
                       "tracking.mlflow=true", name="submitted", small=True)  # fmt: skip
     raw = json.loads(json.dumps(cfg.to_dict(), default=str))
     raw["model"].update(base="tiny-esm2", base_named=None)
@@ -62,3 +67,7 @@ def test_submitted_job_lands_in_storage_and_registry(local_cluster, make_config,
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     artifact = json.loads((work / "pulled" / "protpeft.json").read_text())
     assert artifact["steps"] == 2 and artifact["workers"] == 2 and artifact["mlflow_run_id"] == version.run_id
+    # rank 0 embedded its share and then the rest of its node's copy: every sequence (each node's cache is in its
+    # own /tmp, and no other cluster test trains a frozen backbone); on a shared disk it would embed only its share
+    unique = len(set(load_task_data(cfg.task, cfg.data).sequences.values()))
+    assert artifact["embedded_sequences"] == unique, (artifact["embedded_sequences"], unique)

@@ -1,7 +1,8 @@
 """One rank of a 2-process gloo job for ``test_prefix_cache`` (run as a script: no Ray, the same
 ``run_training`` Ray Train's workers call): trains each config given, in order, and writes the losses, the
-trained adapter + head and the prefix sequences it computed (a config named ``nodes`` gives each rank its own
-cache directory, as nodes without a shared disk have) to ``OUT.rankR.safetensors`` / ``.json``.
+trained adapter + head and the prefix sequences (or, frozen, the embeddings) it computed (a config whose name starts
+with ``nodes`` gives each rank its own cache directory, as nodes without a shared disk have) to
+``OUT.rankR.safetensors`` / ``.json``.
 
     python prefix_ranks.py RANK WORLD PORT OUT CONFIG_JSON...
 """
@@ -27,7 +28,7 @@ def main() -> None:
     summary, tensors = [], {}
     for i, raw in enumerate(sys.argv[5:]):
         cfg = RunConfig.model_validate(json.loads(raw))
-        if cfg.name == "nodes":  # as if each rank ran on its own node, without a shared disk
+        if cfg.name.startswith("nodes"):  # as if each rank ran on its own node, without a shared disk
             cfg = with_values(cfg, {"data.cache_dir": str(cfg.data.cache_dir / f"node{rank}")})
         result = run_training(cfg, ctx=WorkerContext.from_process_group(torch.device("cpu")))
         lines = (result.run_dir / "metrics.jsonl").read_text().splitlines() if rank == 0 else []

@@ -70,7 +70,7 @@ def _free_port() -> int:
 def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tmp_path: Path) -> None:
     """Two processes in one gloo group (the process group Ray Train gives its workers, without Ray): DDP with the
     cache matches DDP without it, the ranks split the filling, and ranks that do not share a disk each fill their
-    node's copy."""
+    node's copy (the prefix cache, and frozen mode's embedding cache alike)."""
     import subprocess
     import sys
 
@@ -89,6 +89,8 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
             name="nodes",
             small=True,
         ),
+        make_config("ppi", "frozen", *STEPS, f"data.cache_dir={tmp_path / 'local'}", "engine.strategy=ddp",
+                    name="nodes-frozen", small=True),  # fmt: skip
     ]
     script = Path(__file__).with_name("prefix_ranks.py")
     port, out = str(_free_port()), str(tmp_path / "out")
@@ -96,7 +98,7 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
     procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, out, *raw]) for r in range(2)]
     assert [p.wait(timeout=600) for p in procs] == [0, 0]
     summaries = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(2)]
-    off, on, nodes = summaries[0]
+    off, on, nodes, _ = summaries[0]
     assert on["steps"] == off["steps"] == nodes["steps"] == 6
     assert on["losses"] == pytest.approx(off["losses"], abs=1e-5)
     assert nodes["losses"] == pytest.approx(off["losses"], abs=1e-5)
@@ -110,6 +112,9 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
             n for shard in (tmp_path / "local").glob(f"node{r}/prefix-*/shard-*.safetensors") for n in load_file(shard)
         ]
         assert summaries[r][2]["computed"] == len(node) == len(set(node)) == len(stored)
+        embedded = [n for shard in (tmp_path / "local").glob(f"node{r}/*/shard-*.safetensors")
+                    if not shard.parent.name.startswith("prefix-") for n in load_file(shard)]  # fmt: skip
+        assert summaries[r][3]["steps"] == 6 and summaries[r][3]["computed"] == len(embedded) == len(stored)
     for r in range(2):
         tensors = load_file(f"{out}.rank{r}.safetensors")
         names = [n.split("/", 1)[1] for n in tensors if n.startswith("0/")]
