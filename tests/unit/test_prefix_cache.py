@@ -89,8 +89,15 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
             name="nodes",
             small=True,
         ),
-        make_config("ppi", "frozen", *STEPS, f"data.cache_dir={tmp_path / 'local'}", "engine.strategy=ddp",
-                    name="nodes-frozen", small=True),  # fmt: skip
+        make_config(
+            "ppi",
+            "frozen",
+            *STEPS,
+            f"data.cache_dir={tmp_path / 'local'}",
+            "engine.strategy=ddp",
+            name="nodes-frozen",
+            small=True,
+        ),  # fmt: skip
     ]
     script = Path(__file__).with_name("prefix_ranks.py")
     port, out = str(_free_port()), str(tmp_path / "out")
