@@ -177,8 +177,7 @@ class PredictionFlow:
                     raise ModelReleased(f"{model.model_id} was released before its batch ran")
                 classifier, key = model.predictor.model, model.encoder_key
                 pooled = torch.stack([job.rows[(key, s)] for job in group for ex in job.examples for s in ex])
-                embedding = pooled.view(-1, classifier.members, pooled.shape[-1]).mean(1)  # ProteinClassifier's mean
-                logits = classifier.classify(embedding)
+                logits = classifier.classify_members(pooled)
                 probs = TASKS[model.task].probabilities(torch.sigmoid(logits.float()).numpy())
             except Exception as err:
                 for job in group:

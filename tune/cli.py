@@ -118,7 +118,7 @@ def report_command(
     )
 
 
-def trials_table(rows: list[dict], best: dict | None, metric: str = "val_aupr"):
+def trials_table(rows: list[dict], best: dict | None, metric: str):
     """One row per trial: its searched values, steps and the search's own metric (the best marked with *)."""
     from rich.table import Table
 

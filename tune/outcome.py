@@ -23,6 +23,8 @@ class ExperimentResult:
     trials: list[dict[str, Any]]
     best: dict[str, Any] | None
     interrupted: bool
+    metric: str
+    """The metric the search ranked trials by."""
     parent_run_id: str | None = None
     tracking_uri: str | None = None
     registered: str | None = None
@@ -32,8 +34,6 @@ class ExperimentResult:
     counts: dict[str, int] = field(default_factory=dict)
     storage: str | None = None
     """The storage the experiment is kept in (``tune --resume EXPERIMENT --storage STORAGE``), if any."""
-    metric: str = "val_aupr"
-    """The metric the search ranked trials by."""
 
     @property
     def trials_file(self) -> Path:
@@ -145,5 +145,6 @@ def finish_search(
             log_report(written, uri, parent)
     storage = (search.base.get("engine") or {}).get("storage")
     return ExperimentResult(
-        exp_dir, rows, best, interrupted, parent, uri, registered, report_path, counts, storage, settings.metric
-    )
+        exp_dir, rows, best, interrupted, settings.metric, parent_run_id=parent, tracking_uri=uri,
+        registered=registered, report=report_path, counts=counts, storage=storage,
+    )  # fmt: skip

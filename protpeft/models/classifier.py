@@ -145,3 +145,8 @@ class ProteinClassifier(nn.Module):
         """Logits (B, outputs) from examples' member-averaged embeddings (B, H), cast to the head's dtype (the
         encoder may run in another precision). Serving calls it directly on cached pooled vectors."""
         return self.head(embedding.to(self.head.net[1].weight.dtype))
+
+    def classify_members(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits (B, outputs) from the pooled vectors of each example's members held example by example
+        ((B x members, H): example 0's members first), as serving's cache returns them."""
+        return self.classify(pooled.view(-1, self.members, pooled.shape[-1]).mean(1))
