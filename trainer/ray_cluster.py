@@ -106,4 +106,26 @@ def connect(
             **common,
         )
     else:
+        check_reachable(target)
         ray.init(address=target, **common)
+
+
+def check_reachable(target: str, timeout: float = 5.0) -> None:
+    """A ``HOST:PORT`` address must accept a TCP connection: ``ray.init`` retries an unreachable GCS for many
+    minutes, with Ray's warnings and then a traceback. (``auto`` and ``ray://`` addresses are left to Ray.)
+
+    Raises:
+        ClusterError: one line naming the address.
+    """
+    from protpeft.trainer.cluster_checks import ClusterError
+
+    host, sep, port = target.rpartition(":")
+    if "://" in target or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(
+            f"--address {target}: no Ray cluster answers there ({err.strerror or err}); pass the head's GCS address "
+            "(HEAD:6379, as `ray start --head` prints it) or `auto` on a cluster node"
+        ) from None

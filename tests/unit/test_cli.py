@@ -83,6 +83,23 @@ def test_bad_data_through_ray_is_reported_before_ray_starts(tmp_path: Path, tiny
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr  # one line, no Ray output
 
 
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(synth_ppi: dict, tiny_model: Path, tmp_path) -> None:
+    """``ray.init`` would retry an unreachable GCS for minutes, then print a traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = run(
+        "train", "/dev/null", "--set", f"model.base={tiny_model}", "--set", f"data.pairs={synth_ppi['pairs']}",
+        "--set", f"data.sequences={synth_ppi['sequences']}", "--set", "tracking.mlflow=false",
+        "--set", f"output_dir={tmp_path / 'runs'}", "--address", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there" in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+
+
 def test_synth_and_init_tiny_commands(tmp_path: Path) -> None:
     assert run("data", "synth", "--task", "symmetry", "--out", str(tmp_path / "s"), "--n", "50").returncode == 0
     assert (tmp_path / "s" / "symmetry.tsv").is_file()
