@@ -9,7 +9,8 @@ layers (protpeft's defaults). protpeft keeps its own defaults otherwise (gradien
 Each side runs in its own process (children of this one); Ray's worker gets its threads from Ray
 (``engine.cpus_per_worker=auto``, no ``OMP_NUM_THREADS`` inherited). The sides run in lock-step, one step of one side
 at a time (loop step 1, local step 1, Ray step 1, loop step 2, ...; a :class:`Gate` file handshake, through
-protpeft's metric logger on its side), so load from outside the benchmark is spread over all of them. Figures:
+protpeft's metric logger on its side, in Ray's worker itself: see :func:`gated_worker`), so load from outside the
+benchmark is spread over all of them. Figures:
 
 - full, LoRA: steady-state tokens/s, the best step after the first (the loop times its steps; protpeft logs one window
   per step, ``examples_per_s`` in ``metrics.jsonl``);
@@ -27,6 +28,7 @@ protpeft's metric logger on its side), so load from outside the benchmark is spr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -203,7 +205,7 @@ def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int, gate:
 
     started = time.perf_counter()
     connect(num_cpus=torch.get_num_threads())
-    summary = launch_training(cfg, logger_factory=gate)
+    summary = launch_training(cfg, worker=functools.partial(gated_worker, gate=gate))
     wall = time.perf_counter() - started
     blocked = json.loads((Path(gate.gate.directory) / f"ray-done-{steps}").read_text())["blocked"]
     return {
@@ -216,6 +218,29 @@ def run_protpeft(side: str, model: str, data: Path, mode: str, steps: int, gate:
             "cpus_per_worker"
         ],
     }
+
+
+def gated_worker(config: dict, gate: GateLogger) -> None:
+    """protpeft's Ray Train worker with the gate on its rank 0, in the worker itself. (Not on the driver's side, where
+    protpeft's logger runs: that sees a step only when Ray's controller polls its report, and Ray's result queue holds
+    one report, so a gate there blocks the worker's next report while the other sides step, and their steps would be
+    counted in this side's step time.)"""
+    from protpeft.trainer import ray_worker
+
+    channel = ray_worker.RayChannel
+    log_metrics = channel.log_metrics
+
+    def gated_log_metrics(self, metrics: dict, step: int) -> None:
+        log_metrics(self, metrics, step)
+        if self.ctx.is_leader:
+            gate.log_metrics(metrics, step)
+
+    def gated_log_config(self, config: dict) -> None:
+        if self.ctx.is_leader:
+            gate.log_config(config)
+
+    channel.log_metrics, channel.log_config = gated_log_metrics, gated_log_config
+    ray_worker.train_worker(config)
 
 
 def run_side(args: argparse.Namespace) -> None:
