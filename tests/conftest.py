@@ -9,6 +9,15 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ppi-dscript"
 
+os.environ.update(
+    # Ray's own metrics (OpenCensus export from every worker to its node's agent), Ray Train's metrics callbacks and
+    # usage reports: nothing in the suite reads them, and every Ray process of every test paid for them (about 6 %
+    # of a training run's CPU on this machine). Nodes and local instances the tests start inherit this environment.
+    RAY_enable_metrics_collection="0",
+    RAY_TRAIN_METRICS_ENABLED="0",
+    RAY_USAGE_STATS_ENABLED="0",
+)
+
 _SERIAL_GROUPS = {"cluster": "shared-nothing-cluster", "integration": "local-ray"}
 """Test folders whose tests run one after another on one pytest-xdist worker (``make test`` runs ``-n 2``): the
 cluster tests share one S3 server and cluster, the integration tests one local Ray instance and MLflow servers. The
