@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,9 @@ def _ensure_process_group(ctx: WorkerContext) -> None:
         return
     if ctx.distributed:
         raise RuntimeError("DeepSpeedEngine with several workers needs an initialised torch.distributed group")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from protpeft.trainer.ray_cluster import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
 def _meta_skeleton(model: nn.Module) -> nn.Module:

@@ -13,15 +13,22 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["connect", "ray_output", "resolve_address"]
+__all__ = ["connect", "ray_output", "resolve_address", "train_env"]
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 """A local instance moves configs and small results through the object store, never tensors: 1 GiB is plenty
 (Ray's default reserves 30% of the machine's memory)."""
 
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+"""Ray Train settings of every run, local or on a cluster, set (unless already set) by
+:func:`~protpeft.trainer.ray_launch.build_trainer` in the process that fits the trainer (the driver, or a Tune
+trial's actor), from where Ray passes them to the Train controller. The controller drains its workers' reports once
+per poll, through a queue of one report per worker: at Ray's default 2 s, a worker waits up to 2 s at each checkpoint
+(protpeft waits until Ray has registered it) and at each live log report while the previous one is still queued, so
+short steps on a joined cluster were paced by the poll. A poll is one small RPC per worker."""
+
 LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one machine: no node can be preempted; saves an actor per run
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # Ray's 2 s poll delays every checkpoint's registration
     # run-many / tune queue jobs that do not fit yet: their worker groups wait for resources, not 60 s then fail
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "86400",
     # Ray starts Python workers `CPUs` at a time (2 here) and warns once 4x that many were started. A run-many job is
@@ -30,6 +37,13 @@ LOCAL_TRAIN_ENV = {
     "RAY_worker_maximum_startup_concurrency": str(max(4, os.cpu_count() or 1)),
 }
 """Ray Train settings for a local instance (its processes inherit this environment); a variable already set wins."""
+
+
+def train_env() -> dict[str, str]:
+    """:data:`TRAIN_ENV` set in this process's environment where the user left it unset; returns what is set now."""
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in TRAIN_ENV}
 
 
 def resolve_address(address: str | None) -> str:
@@ -48,7 +62,8 @@ def ray_output(verbose: bool | None) -> dict[str, Any]:
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -92,7 +107,7 @@ def connect(
             os.environ.setdefault(key, value)
         settings: dict[str, Any] = {"include_dashboard": False}
         if dashboard:
-            port = _free_port()
+            port = free_port()
             settings = {"dashboard_host": "127.0.0.1", "dashboard_port": port}
             # Ray's own processes find "their" cluster's state API by this variable, else by looking for running
             # clusters on the machine, which fails once a second Ray instance runs beside this one (another user's
@@ -123,7 +138,7 @@ def check_reachable(target: str, timeout: float = 5.0) -> None:
     if "://" in target or not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()  # [::1]:6379 too
     except OSError as err:
         raise ClusterError(
             f"--address {target}: no Ray cluster answers there ({err.strerror or err}); pass the head's GCS address "

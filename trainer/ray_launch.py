@@ -140,8 +140,10 @@ def build_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from protpeft.trainer.driver_tracking import TrackingCallback
+    from protpeft.trainer.ray_cluster import train_env
     from protpeft.trainer.resources import node_cpus, with_worker_cpus
 
+    train_env()  # read by TorchTrainer.fit(), which hands them to the Train controller
     cfg = with_worker_cpus(cfg, node_cpus())  # engine.cpus_per_worker=auto: the node's CPUs among this run's workers
     engine = cfg.engine
     use_gpu = engine.gpus_per_worker > 0

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from protpeft.trainer.storage import RunStorage, StorageError
 
@@ -16,12 +16,6 @@ pytestmark = pytest.mark.cluster
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -53,7 +47,7 @@ def test_round_trip_and_staging_through_s3(s3_store, prefix: str, tmp_path: Path
 def test_bad_settings_fail_the_check_in_one_line(s3_store, prefix: str) -> None:
     good = s3_store.settings.env()
     cases = {
-        "endpoint": ({**good, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}"}, prefix, "cannot reach"),
+        "endpoint": ({**good, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, prefix, "cannot reach"),
         "key": ({**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, prefix, "refused the credentials"),
         "bucket": (good, "s3://no-such-bucket/p", "bucket no-such-bucket does not exist"),
     }

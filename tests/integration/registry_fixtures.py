@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from registry_helpers import TrainedRun, free_port, tiny_config, train, use_sqlite_store
+from ports import free_port
+from registry_helpers import TrainedRun, tiny_config, train, use_sqlite_store
 
 # --------------------------------------------------------------------------------------------------------------
 # stores

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,6 @@ import numpy as np
 import pytest
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sample_pairs(n: int = 6, seed: int = 7) -> list[tuple[str, str]]:

@@ -12,7 +12,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from registry_helpers import free_port, sample_pairs, sample_sequences, wait_http
+from ports import free_port
+from registry_helpers import sample_pairs, sample_sequences, wait_http
 
 pytest_plugins = ["registry_fixtures"]  # the registry's fixtures (stores, server, trained runs)
 

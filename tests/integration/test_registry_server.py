@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from registry_helpers import free_port, sample_pairs, wait_http
+from ports import free_port
+from registry_helpers import sample_pairs, wait_http
 
 pytest_plugins = ["registry_fixtures"]  # the registry's fixtures (stores, server, trained runs)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 from registry_helpers import (
     TrainedRun,
-    free_port,
     sample_pairs,
     sample_sequences,
     tiny_config,

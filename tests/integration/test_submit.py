@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registry_helpers import free_port, wait_http
+from ports import free_port
+from registry_helpers import wait_http
 
 pytestmark = pytest.mark.integration
 

@@ -85,11 +85,9 @@ def test_bad_data_through_ray_is_reported_before_ray_starts(tmp_path: Path, tiny
 
 def test_an_address_where_no_cluster_answers_is_one_line_at_once(synth_ppi: dict, tiny_model: Path, tmp_path) -> None:
     """``ray.init`` would retry an unreachable GCS for minutes, then print a traceback."""
-    import socket
+    from ports import free_port
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     out = run(
         "train", "/dev/null", "--set", f"model.base={tiny_model}", "--set", f"data.pairs={synth_ppi['pairs']}",
         "--set", f"data.sequences={synth_ppi['sequences']}", "--set", "tracking.mlflow=false",
@@ -177,3 +175,25 @@ def test_submit_env_items_take_values_or_this_shells_and_refuse_the_ray_token() 
     for bad, says in [("NOT_SET", "not set here"), ("RAY_AUTH_TOKEN=x", "auth token"), ("=x", "NAME=VALUE")]:
         with pytest.raises(JobsError, match=says):
             job_env([bad], here)
+
+
+def test_a_listening_address_passes_the_reachability_check_in_ipv4_and_bracketed_ipv6() -> None:
+    import socket
+
+    from protpeft.trainer.cluster_checks import ClusterError
+    from protpeft.trainer.ray_cluster import check_reachable
+
+    listening = [(socket.AF_INET, "127.0.0.1", "127.0.0.1:{}")]
+    if socket.has_ipv6:
+        listening.append((socket.AF_INET6, "::1", "[::1]:{}"))
+    for family, host, form in listening:
+        with socket.socket(family) as server:
+            try:
+                server.bind((host, 0))
+            except OSError:  # no IPv6 loopback on this machine
+                continue
+            server.listen()
+            port = server.getsockname()[1]
+            check_reachable(form.format(port))
+        with pytest.raises(ClusterError, match="no Ray cluster answers there"):
+            check_reachable(form.format(port))  # closed now

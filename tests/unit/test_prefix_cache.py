@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from protpeft.trainer.run import run_training
 
@@ -59,14 +60,6 @@ def test_cache_says_why_it_is_off(make_config, tmp_path: Path) -> None:
     assert result.embedded_sequences == 0 and not list(tmp_path.glob("prefix-*"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tmp_path: Path) -> None:
     """Two processes in one gloo group (the process group Ray Train gives its workers, without Ray): DDP with the
     cache matches DDP without it, the ranks split the filling, and ranks that do not share a disk each fill their
@@ -100,7 +93,7 @@ def test_two_ranks_train_exactly_as_off_and_fill_disjoint_shares(make_config, tm
         ),  # fmt: skip
     ]
     script = Path(__file__).with_name("prefix_ranks.py")
-    port, out = str(_free_port()), str(tmp_path / "out")
+    port, out = str(free_port()), str(tmp_path / "out")
     raw = [json.dumps(c.to_dict()) for c in configs]
     procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, out, *raw]) for r in range(2)]
     assert [p.wait(timeout=600) for p in procs] == [0, 0]

@@ -71,3 +71,14 @@ def test_tune_trials_share_the_cluster_by_max_concurrent() -> None:
 def test_auto_strategy(mode: str, strategy: str, world_size: int, expected: str) -> None:
     cfg = load_config(None, [f"mode={mode}", f"engine.strategy={strategy}"])
     assert resolve_strategy(cfg, WorkerContext(rank=0, world_size=world_size)) == expected
+
+
+def test_every_run_polls_its_train_controller_every_half_second_unless_the_user_says_otherwise(monkeypatch) -> None:
+    """Ray's 2 s default paced short steps on a joined cluster (each checkpoint and live report waited for a poll);
+    the value is set where the trainer is built, so a Tune trial's actor and a joined cluster's driver get it too."""
+    from protpeft.trainer.ray_cluster import train_env
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "3"}

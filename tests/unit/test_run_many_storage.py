@@ -5,13 +5,13 @@ on a storage: tests/integration/test_run_many.py; refused on a multi-node cluste
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 
 from protpeft.trainer.run_many import checked_storages, load_jobs
 from protpeft.trainer.storage import StorageError
@@ -57,9 +57,7 @@ def test_unreachable_s3_storage_is_one_line_and_starts_no_job(tiny_model: Path, 
     (the address below has no cluster), before any MLflow store, run directory or summary exists."""
     jobs_file = tmp_path / "jobs.yaml"
     jobs_file.write_text(yaml.safe_dump(_spec(tiny_model, small_ppi, tmp_path, {"name": "a"}, {"name": "b"})))
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "key",
            "AWS_SECRET_ACCESS_KEY": "secret"}  # fmt: skip
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PROTPEFT_HOME", "AWS_ENDPOINT_URL_S3"):

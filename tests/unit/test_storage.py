@@ -4,11 +4,11 @@ the errors a user sees before any work (S3 round trips against a real server: te
 from __future__ import annotations
 
 import pickle
-import socket
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from ports import free_port
 
 from protpeft.errors import ProtpeftError
 from protpeft.trainer.storage import RunStorage, StorageError, s3_filesystem
@@ -113,9 +113,7 @@ def test_unwritable_local_storage_fails_the_check(tmp_path: Path) -> None:
 
 
 def test_unreachable_endpoint_fails_the_check_fast() -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     with pytest.raises(StorageError, match=rf"cannot reach the S3 endpoint http://127.0.0.1:{port}; set AWS_END"):
         RunStorage.parse("s3://bucket/p", env).check(env)
