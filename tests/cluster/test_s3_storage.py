@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ports import free_port
 
+from protpeft.trainer.ray_cluster import free_port
 from protpeft.trainer.storage import RunStorage, StorageError
 
 pytestmark = pytest.mark.cluster

@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ports import free_port
 from registry_helpers import TrainedRun, tiny_config, train, use_sqlite_store
+
+from protpeft.trainer.ray_cluster import free_port
 
 # --------------------------------------------------------------------------------------------------------------
 # stores

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ports import free_port
 from registry_helpers import sample_pairs, wait_http
+
+from protpeft.trainer.ray_cluster import free_port
 
 pytest_plugins = ["registry_fixtures"]  # the registry's fixtures (stores, server, trained runs)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ports import free_port
 from registry_helpers import (
     TrainedRun,
     sample_pairs,
@@ -31,6 +30,8 @@ from registry_helpers import (
     use_sqlite_store,
     wait_http,
 )
+
+from protpeft.trainer.ray_cluster import free_port
 
 pytest_plugins = ["registry_fixtures"]  # stores, tiny trained runs
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ports import free_port
 from registry_helpers import wait_http
+
+from protpeft.trainer.ray_cluster import free_port
 
 pytestmark = pytest.mark.integration
 

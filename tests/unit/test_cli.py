@@ -85,7 +85,7 @@ def test_bad_data_through_ray_is_reported_before_ray_starts(tmp_path: Path, tiny
 
 def test_an_address_where_no_cluster_answers_is_one_line_at_once(synth_ppi: dict, tiny_model: Path, tmp_path) -> None:
     """``ray.init`` would retry an unreachable GCS for minutes, then print a traceback."""
-    from ports import free_port
+    from protpeft.trainer.ray_cluster import free_port
 
     port = free_port()  # nothing listens there
     out = run(

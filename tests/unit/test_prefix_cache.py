@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ports import free_port
 
+from protpeft.trainer.ray_cluster import free_port
 from protpeft.trainer.run import run_training
 
 pytestmark = pytest.mark.unit

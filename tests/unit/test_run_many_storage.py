@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ports import free_port
 
+from protpeft.trainer.ray_cluster import free_port
 from protpeft.trainer.run_many import checked_storages, load_jobs
 from protpeft.trainer.storage import StorageError
 

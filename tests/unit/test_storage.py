@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from ports import free_port
 
 from protpeft.errors import ProtpeftError
+from protpeft.trainer.ray_cluster import free_port
 from protpeft.trainer.storage import RunStorage, StorageError, s3_filesystem
 
 pytestmark = pytest.mark.unit
