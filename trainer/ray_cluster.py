@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
+from pathlib import Path
 from typing import Any
 
 __all__ = ["connect", "ray_output", "resolve_address", "train_env"]
@@ -62,11 +64,35 @@ def ray_output(verbose: bool | None) -> dict[str, Any]:
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
 
 
+QUIET_PORTS = range(28000, 32768)
+"""Where :func:`free_port` picks: above Ray's default worker ports (10002-19999) and just below Linux's ephemeral
+range (from 32768), so the kernel hands none of them to a process (``bind(0)``, outgoing connections)."""
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
+    """A loopback TCP port that is free now and that nothing takes by itself before the caller binds it: a port from
+    ``bind(0)`` is from the ephemeral range, where every Ray worker starting on the machine (each binds a gRPC port
+    with ``bind(0)``) may take it in the seconds before a Ray dashboard or agent binds it."""
+    low = _ephemeral_low()
+    quiet = [port for port in QUIET_PORTS if port < low]
+    for port in random.sample(quiet, min(len(quiet), 64)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no quiet port free (or none below this machine's ephemeral range)
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The first port of Linux's ephemeral range (32768 by default and where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def connect(

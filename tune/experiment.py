@@ -17,6 +17,7 @@ registered, and the robustness report is written (:mod:`protpeft.tune.outcome`, 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from protpeft.tune.experiment_files import SEARCH_FILE, ExperimentFiles, read_js
 from protpeft.tune.ledger import TrialLedger, collect_trials
 from protpeft.tune.outcome import ExperimentResult, finish_search
 from protpeft.tune.space import SearchSpec, load_search, restore_search
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ExperimentResult",
@@ -297,8 +300,38 @@ def run_search(
             tune_config=_tune_config(search, capacity),
             run_config=run_config,
         )
+    before = _held_placement_groups()
     tuner.fit()
-    return finish_search(files, search, uri, parent, register_best=register_best, alias=alias, report=report)
+    result = finish_search(files, search, uri, parent, register_best=register_best, alias=alias, report=report)
+    _release_placement_groups(before, interrupted=result.interrupted)
+    return result
+
+
+LEAK_SETTLE_S = 3.0
+"""After an interruption, how long the driver keeps removing its trials' leftover placement groups (a Train
+controller killed mid-start registers its last one within a second; see :mod:`protpeft.trainer.placement_groups`)."""
+
+
+def _held_placement_groups() -> set[str] | None:
+    """This job's placement groups before the search (None where they cannot be listed, e.g. through Ray Client)."""
+    from protpeft.trainer.placement_groups import job_placement_groups
+
+    try:
+        return job_placement_groups()
+    except Exception as err:  # noqa: BLE001 - a best-effort cleanup must never fail the search
+        logger.debug("placement groups cannot be listed here (%s); leftovers will not be released", err)
+        return None
+
+
+def _release_placement_groups(before: set[str] | None, *, interrupted: bool) -> None:
+    """Remove the placement groups the search's trials left behind (none unless a trial was killed mid-start)."""
+    from protpeft.trainer.placement_groups import release_placement_groups
+
+    if before is None:
+        return
+    removed = release_placement_groups(before, settle_s=LEAK_SETTLE_S if interrupted else 0.0)
+    if removed:
+        logger.info("released %d placement group(s) left by stopped trials: %s", len(removed), ", ".join(removed))
 
 
 def _ledger_writes_here(tuner: Any, files: ExperimentFiles) -> None:

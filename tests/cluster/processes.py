@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PORT_RANGE = (20000, 32000)
-"""Blocks are picked below Linux's ephemeral range (32768–60999), so outgoing connections never take them meanwhile."""
+PORT_RANGE = (20000, 28000)
+"""Blocks are picked below Linux's ephemeral range (32768–60999), so outgoing connections never take them meanwhile,
+and below the ports protpeft's ``free_port`` hands out (28000–32767), so a node's worker port is never a port another
+test picked for its server."""
 
 
 def _port_free(port: int) -> bool:

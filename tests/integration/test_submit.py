@@ -28,6 +28,17 @@ from protpeft.trainer.ray_cluster import free_port
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
+HEAD_PORT_FLAGS = (
+    "--port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+"""Every port the head binds, given explicitly: Ray's defaults would collide with other clusters on the machine."""
 
 
 def _kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
@@ -52,12 +63,13 @@ def _kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[dict]:
-    """``ray start --head`` on 127.0.0.1 with RAY_AUTH_MODE=token and a fresh random token."""
-    token = secrets.token_hex(16)
+def _start_head(token: str) -> tuple[subprocess.Popen, str, int, dict, object]:
+    """One ``ray start --head`` on distinct fresh ports; returns (process, temp dir, dashboard port, env, log)."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 107 chars
-    dashboard = free_port()
+    ports: set[int] = set()
+    while len(ports) < 1 + len(HEAD_PORT_FLAGS):  # free_port() may hand out the same port twice
+        ports.add(free_port())
+    dashboard, *others = sorted(ports)
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -67,17 +79,6 @@ def ray_head() -> Iterator[dict]:
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}",
     }
     env.pop("RAY_ADDRESS", None)
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
     command = [
         str(BIN / "ray"),
         "start",
@@ -89,17 +90,38 @@ def ray_head() -> Iterator[dict]:
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
         "--object-store-memory=300000000",
-        *(f"{k}={v}" for k, v in ports.items()),
+        f"--dashboard-port={dashboard}",
+        *(f"{flag}={port}" for flag, port in zip(HEAD_PORT_FLAGS, others, strict=True)),
     ]
-    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in the finalizer
+    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed by the caller
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
-        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env, "temp_dir": temp_dir}
-    finally:
-        _kill_group(proc, temp_dir)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    return proc, temp_dir, dashboard, env, log
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[dict]:
+    """``ray start --head`` on 127.0.0.1 with RAY_AUTH_MODE=token and a fresh random token. A head that exits
+    before it answers is started once more on new ports; the error then carries what both printed."""
+    token = secrets.token_hex(16)
+    failures: list[str] = []
+    for _attempt in range(2):
+        proc, temp_dir, dashboard, env, log = _start_head(token)
+        try:
+            wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
+        except AssertionError as err:
+            log.close()
+            failures.append(f"{err}\n{(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}")
+            _kill_group(proc, temp_dir)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            continue
+        try:
+            yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env, "temp_dir": temp_dir}
+        finally:
+            _kill_group(proc, temp_dir)
+            log.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        return
+    pytest.fail("\n\n".join(failures))
 
 
 def protpeft(*args: str, env: dict, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

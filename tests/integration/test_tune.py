@@ -143,6 +143,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
     finally:
         if first.poll() is None:
             first.kill()
+    _assert_no_placement_group_outlives_its_job()
     before = json.loads((exp_dir / "trials.json").read_text())
     assert before["interrupted"]
     done_before = {t["trial_id"]: t for t in before["trials"] if t["state"] == "FINISHED"}
@@ -151,7 +152,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
 
     resumed = subprocess.run(
         [sys.executable, "-m", "protpeft", "tune", "--resume", str(exp_dir), "--address", ray_address()],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = json.loads((exp_dir / "trials.json").read_text())
@@ -164,6 +165,23 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
         assert rows[tid]["metrics"]["val_aupr"] == done_before[tid]["metrics"]["val_aupr"]
     assert all(t["steps"] == 16 for t in after["trials"])
     assert (exp_dir / "report" / "report.md").is_file()
+
+
+def _assert_no_placement_group_outlives_its_job(timeout: float = 20) -> None:
+    """Every placement group of the drivers that ended (all jobs but this test's) is removed: a leaked one keeps
+    the instance's CPUs reserved, and the next search waits for them forever."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    ours = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    while True:
+        held = {pg: row["bundles"] for pg, row in placement_group_table().items()
+                if row["state"] != "REMOVED" and not pg.endswith(ours)}  # fmt: skip
+        if not held:
+            return
+        assert time.monotonic() < deadline, f"placement groups of ended jobs still held: {held}"
+        time.sleep(0.5)
 
 
 def test_frozen_search_embeds_each_sequence_once(ray_local, tiny_model: Path, small_ppi: dict, tmp_path: Path) -> None:

@@ -82,3 +82,17 @@ def test_every_run_polls_its_train_controller_every_half_second_unless_the_user_
     assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
     assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "3"}
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_where_the_kernel_hands_none_out() -> None:
+    """A dashboard or test server binds its port seconds after it was picked; a port from ``bind(0)`` could meanwhile
+    go to any Ray worker starting on the machine (each binds its gRPC port that way)."""
+    import socket
+
+    from protpeft.trainer.ray_cluster import QUIET_PORTS, _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(20)]
+    assert all(port in QUIET_PORTS and port < _ephemeral_low() for port in ports), ports
+    assert len(set(ports)) > 1  # picked at random, not the same port for every caller
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # free when returned
