@@ -8,7 +8,8 @@ layers (protpeft's defaults). protpeft keeps its own defaults otherwise (gradien
 
 Each side runs in its own process (children of this one); Ray's worker gets its threads from Ray
 (``engine.cpus_per_worker=auto``, no ``OMP_NUM_THREADS`` inherited). The sides run in lock-step, one step of one side
-at a time (loop step 1, local step 1, Ray step 1, loop step 2, ...; a :class:`Gate` file handshake, through
+at a time, the order rotating every step (loop 1, local 1, Ray 1, local 2, Ray 2, loop 2, Ray 3, ...: no side
+always runs right after the same other one; a :class:`Gate` file handshake, through
 protpeft's metric logger on its side, in Ray's worker itself: see :func:`gated_worker`), so load from outside the
 benchmark is spread over all of them. Figures:
 
@@ -276,7 +277,8 @@ def run_sides(sides: list[str], model: Path, data: Path, mode: str, steps: int, 
     for side in sides:
         wait_for(side, "ready")  # imports, Ray start-up: before any timed work
     for step in range(1, steps + 1):
-        for side in sides:
+        turn = (step - 1) % len(sides)  # each step another side goes first: no side always follows the same one
+        for side in sides[turn:] + sides[:turn]:
             (gate / f"{side}-go-{step}").touch()
             wait_for(side, f"done-{step}")
     for side, child in children.items():
