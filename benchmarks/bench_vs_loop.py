@@ -21,9 +21,12 @@ benchmark is spread over all of them. Figures:
   (epoch 2+: head only, vs the loop's backbone forward every step);
 - Ray's start-up apart: launch to summary minus the run's own seconds (the in-worker training);
 - peak RSS of each side's process (Ray: its worker), and for the two in-process sides its growth over the process's
-  RSS before the model was built (imports differ between the sides).
+  RSS before the model was built (imports differ between the sides). glibc keeps freed blocks cached, so these
+  depend on each process's allocation history; ``--live-memory`` measures the peaks with every large block returned
+  when freed (see :data:`LIVE_MEMORY_ENV`), which is what the tensors held.
 
     .venv/bin/python -m benchmarks.bench_vs_loop [--shapes 8M 35M] [--modes full lora frozen] [--steps 5] [--quick]
+    .venv/bin/python -m benchmarks.bench_vs_loop --live-memory --steps 3   # peaks only (full, LoRA)
 """
 
 from __future__ import annotations
@@ -254,13 +257,15 @@ def run_side(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps(out))
 
 
-def run_sides(sides: list[str], model: Path, data: Path, mode: str, steps: int, threads: int) -> dict[str, dict]:
+def run_sides(
+    sides: list[str], model: Path, data: Path, mode: str, steps: int, threads: int, env_extra: dict | None = None
+) -> dict[str, dict]:
     """Every side in its own child process, in lock-step (see the module docstring). Ray's child gets no
     OMP_NUM_THREADS, so its worker's threads are Ray's."""
     gate = Path(tempfile.mkdtemp(prefix="bench-gate-"))
     children = {}
     for side in sides:
-        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | (env_extra or {})
         if side != "ray":
             env["OMP_NUM_THREADS"] = str(threads)
         command = [sys.executable, "-m", "benchmarks.bench_vs_loop", "--side", side, "--model", str(model)]
@@ -302,6 +307,21 @@ def tokens_per_s(side: str, out: dict, mode: str, steps: int, epoch: bool) -> fl
     return max(out["examples_per_s"][WARMUP:]) * 2 * TOKENS
 
 
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+"""``--live-memory``: glibc maps every block over 128 KiB on its own and unmaps it when freed (a fixed threshold also
+stops glibc from raising it as large blocks are freed), so a process's peak RSS is the memory its tensors held at the
+worst moment, not what the allocator kept cached from earlier steps. Steps run about 2x slower this way: speed is not
+reported."""
+
+
+def live_memory_rows(shape: str, mode: str, results: dict[str, dict]) -> list[dict]:
+    row = {"shape": shape, "mode": mode, "measure": "live peak RSS"}
+    row.update({f"{side}_peak_mb": out["peak_mb"] for side, out in results.items()})
+    row.update({f"{side}/loop": out["peak_mb"] / results["loop"]["peak_mb"] for side, out in results.items()
+                if side != "loop"})  # fmt: skip
+    return [row]
+
+
 def rows_for(shape: str, mode: str, results: dict[str, dict], steps: int) -> list[dict]:
     frozen = [("epoch 1 (cache fill)", True), ("epoch 2+ (cache)", False)]
     measures = frozen if mode == "frozen" else [("steady", False)]
@@ -331,6 +351,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke test: the tiny shape, LoRA, loop and --local")
     parser.add_argument("--name", default="vs_loop", help="results file name under benchmarks/results/")
+    parser.add_argument(
+        "--live-memory", action="store_true", help="peak memory only, glibc returning large freed blocks at once"
+    )
     # one side in a child process (used by the benchmark itself)
     parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--mode", "--gate", "--result"):
@@ -343,6 +366,9 @@ def main() -> None:
         args.shapes, args.modes, args.sides = ["tiny"], ["lora"], ["loop", "local"]
         args.steps = args.frozen_steps = 3
         args.name = f"{args.name}_quick"
+    if args.live_memory:
+        args.modes = [m for m in args.modes if m != "frozen"]
+        args.name = f"{args.name}_live_memory" if args.name == "vs_loop" else args.name
     if "loop" not in args.sides:
         parser.error("--sides must include loop (the ratios are against it)")
 
@@ -361,8 +387,12 @@ def main() -> None:
         for mode in args.modes:
             steps = args.frozen_steps if mode == "frozen" else args.steps
             data = write_data(work / f"data-{steps}", steps * PAIRS)["pairs"].parent
-            results = run_sides(args.sides, model, data, mode, steps, args.threads)
-            rows += rows_for(shape, mode, results, steps)
+            if args.live_memory:
+                results = run_sides(args.sides, model, data, mode, steps, args.threads, LIVE_MEMORY_ENV)
+                rows += live_memory_rows(shape, mode, results)
+            else:
+                results = run_sides(args.sides, model, data, mode, steps, args.threads)
+                rows += rows_for(shape, mode, results, steps)
             print(json.dumps(rows[-1]), flush=True)
     notes = {
         "setting": f"{PAIRS} pairs x {TOKENS} tokens per step (distinct proteins, no padding), AdamW, dropout 0, "
@@ -376,6 +406,7 @@ def main() -> None:
         "strategy": {side: results[side].get("strategy", "plain loop") for side in results},
         "ray cpus_per_worker": results.get("ray", {}).get("cpus_per_worker"),
         "total_s": round(time.perf_counter() - started, 1),
+        "live memory": f"glibc {LIVE_MEMORY_ENV} in every side" if args.live_memory else "off",
         "load average before / after (1 min)": f"{load_before:.1f} / {os.getloadavg()[0]:.1f}",
     }
     write_results(args.name, rows, notes)
