@@ -329,7 +329,11 @@ def _release_placement_groups(before: set[str] | None, *, interrupted: bool) -> 
 
     if before is None:
         return
-    removed = release_placement_groups(before, settle_s=LEAK_SETTLE_S if interrupted else 0.0)
+    try:
+        removed = release_placement_groups(before, settle_s=LEAK_SETTLE_S if interrupted else 0.0)
+    except Exception as err:  # noqa: BLE001 - the search's results are written; a failed cleanup must not fail it
+        logger.warning("could not release the placement groups left by stopped trials: %s", err)
+        return
     if removed:
         logger.info("released %d placement group(s) left by stopped trials: %s", len(removed), ", ".join(removed))
 
