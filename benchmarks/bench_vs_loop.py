@@ -36,7 +36,6 @@ import functools
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import ROOT, random_esm2, write_results
+from benchmarks.lockstep import Gate, GateLogger, peak_rss_mb, rss_mb
 
 SHAPES = {"8M": "esm2_t6_8M_UR50D", "35M": "esm2_t12_35M_UR50D", "tiny": "tiny"}
 PAIRS, TOKENS, WARMUP = 8, 256, 1
@@ -70,68 +70,6 @@ def write_data(out: Path, train_pairs: int, seed: int = 0) -> dict[str, Path]:
     (out / "sequences.fasta").write_text(fasta)
     (out / "pairs.tsv").write_text("p0\tp1\tlabel\tsplit\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
     return {"pairs": out / "pairs.tsv", "sequences": out / "sequences.fasta"}
-
-
-class Gate:
-    """File handshake with the parent: ``ready`` when the side can start, ``done-K`` after step K, and before step K
-    (K >= 1) wait for ``go-K``. Time spent waiting is counted in ``blocked`` (kept out of every figure)."""
-
-    def __init__(self, directory: str, side: str, steps: int) -> None:
-        self.directory, self.side, self.steps = Path(directory), side, steps
-        self.blocked = 0.0
-
-    def _mark(self, name: str) -> None:
-        (self.directory / f"{self.side}-{name}").write_text(json.dumps({"blocked": self.blocked}))
-
-    def wait(self, step: int) -> None:
-        """Before ``step``: tell the parent (``ready`` for step 1), then wait for its go."""
-        if step == 1:
-            self._mark("ready")
-        go = self.directory / f"{self.side}-go-{step}"
-        started = time.perf_counter()
-        while not go.exists():
-            time.sleep(0.005)
-        self.blocked += time.perf_counter() - started
-
-    def done(self, step: int) -> None:
-        self._mark(f"done-{step}")
-        if step < self.steps:
-            self.wait(step + 1)
-
-
-class GateLogger:
-    """protpeft's side of the gate, as a metric logger: ``log_config`` (the start of ``run_training``) waits for
-    step 1, each training window (one per step) marks its step done and waits for the next."""
-
-    def __init__(self, directory: str, side: str, steps: int) -> None:
-        self.gate = Gate(directory, side, steps)
-
-    def __call__(self) -> GateLogger:  # a picklable logger factory for Ray's rank-0 worker
-        return self
-
-    def log_config(self, config: dict) -> None:
-        self.gate.wait(1)
-
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        if "examples_per_s" in metrics:
-            self.gate.done(step)
-
-    def log_run_dir(self, run_dir, artifact) -> None:
-        pass
-
-    def close(self, status: str = "FINISHED") -> None:
-        pass
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_loop(model: str, data: Path, mode: str, steps: int, gate: Gate) -> dict:
