@@ -29,7 +29,7 @@ from protpeft.data.tokens import TokenEncoder
 from protpeft.models import apply_mode, load_backbone
 from protpeft.models.assembly import build_task_model
 from protpeft.models.backbone import load_tokenizer
-from protpeft.models.classifier import call_slices
+from protpeft.models.classifier import encoder_calls
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import LocalEngine
 from protpeft.trainer.loop import _loss
@@ -40,7 +40,7 @@ WARMUP = 2
 def encoded_tokens(inputs: dict[str, torch.Tensor], examples: int) -> tuple[int, int]:
     """(real, processed) tokens of one collated batch: each encoder call pads its rows to its longest."""
     lengths = inputs["attention_mask"].sum(1)
-    calls = call_slices(len(lengths), examples)
+    calls = encoder_calls({"attention_mask": inputs["attention_mask"]}, examples)
     return int(lengths.sum()), sum(int(lengths[c].max()) * (c.stop - c.start) for c in calls)
 
 

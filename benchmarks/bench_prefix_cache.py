@@ -165,10 +165,10 @@ def residues(data, batches: list[list[int]], crop: int) -> int:
 
 def computed_tokens(data, tokens, batches: list[list[int]], way: str) -> int:
     """Tokens the encoder layers compute, padding and <cls>/<eos> included. The loop pads a batch's 2B proteins
-    to the longest of them; protpeft encodes each distinct protein once, in calls of at most B rows longest first,
-    each padded to its own longest."""
+    to the longest of them; protpeft encodes each distinct protein once, longest first, in the calls the model makes
+    (:func:`~protpeft.models.classifier.encoder_calls`), each padded to its own longest."""
     from protpeft.data.collate import member_inputs
-    from protpeft.models.classifier import call_slices
+    from protpeft.models.classifier import encoder_calls
 
     examples, total = data.splits["train"], 0
     for b in batches:
@@ -177,7 +177,7 @@ def computed_tokens(data, tokens, batches: list[list[int]], way: str) -> int:
             total += 2 * len(b) * max(tokens.length(s) for column in columns for s in column)
             continue
         mask = member_inputs(tokens, columns)["attention_mask"]
-        for part in call_slices(mask.shape[0], len(b)):
+        for part in encoder_calls({"attention_mask": mask}, len(b)):
             total += mask[part].shape[0] * int(mask[part].sum(1).max())
     return total
 

@@ -169,20 +169,7 @@ def gated_worker(config: dict, gate: GateLogger) -> None:
     counted in this side's step time.)"""
     from protpeft.trainer import ray_worker
 
-    channel = ray_worker.RayChannel
-    log_metrics = channel.log_metrics
-
-    def gated_log_metrics(self, metrics: dict, step: int) -> None:
-        log_metrics(self, metrics, step)
-        if self.ctx.is_leader:
-            gate.log_metrics(metrics, step)
-
-    def gated_log_config(self, config: dict) -> None:
-        if self.ctx.is_leader:
-            gate.log_config(config)
-
-    channel.log_metrics, channel.log_config = gated_log_metrics, gated_log_config
-    ray_worker.train_worker(config)
+    ray_worker.train_worker(config, watcher=gate)
 
 
 def run_side(args: argparse.Namespace) -> None:

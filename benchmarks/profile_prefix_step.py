@@ -79,13 +79,13 @@ def timed_step(engine, collate, examples: list, clock: Clock) -> None:
 
 def bare_suffix(engine, collate, examples: list, clock: Clock) -> tuple[int, int]:
     """The suffix alone on the calls the encoder makes, forward + backward of a sum; (tokens computed, real)."""
-    from protpeft.models.classifier import call_slices
+    from protpeft.models.classifier import encoder_calls
 
     encoder = engine.model.encoder
     inputs = collate(examples)["inputs"]
     calls = [
         encoder.cached_input(inputs["input_ids"][part], inputs["attention_mask"][part])
-        for part in call_slices(inputs["input_ids"].shape[0], len(examples))
+        for part in encoder_calls({"attention_mask": inputs["attention_mask"]}, len(examples))
     ]
     clock.start()
     total = sum(encoder.suffix(inputs_embeds=h, attention_mask=m).last_hidden_state.sum() for h, _, m in calls)

@@ -76,15 +76,21 @@ def free_port() -> int:
     low = _ephemeral_low()
     quiet = [port for port in QUIET_PORTS if port < low]
     for port in random.sample(quiet, min(len(quiet), 64)):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     with socket.socket() as sock:  # no quiet port free (or none below this machine's ephemeral range)
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a loopback TCP port can be bound now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _ephemeral_low() -> int:

@@ -21,6 +21,7 @@ from protpeft.trainer.context import WorkerContext
 
 if TYPE_CHECKING:
     from protpeft.artifact import RunArtifact
+    from protpeft.tracking import MetricLogger
     from protpeft.trainer.staging import StagedDir
 
 __all__ = ["ARTIFACT_CHECKPOINT", "LOG_KEY", "RayChannel", "WorkerError", "is_artifact", "train_worker"]
@@ -57,21 +58,28 @@ class RayChannel:
 
     on_every_rank = True
 
-    def __init__(self, ctx: WorkerContext, run_id: str | None = None, live: bool = True) -> None:
+    def __init__(
+        self, ctx: WorkerContext, run_id: str | None = None, live: bool = True, watcher: MetricLogger | None = None
+    ) -> None:
         self.ctx = ctx
         self.run_id = run_id
         """The driver's MLflow run (recorded in the artefact), or None."""
         self.live = live
+        self.watcher = watcher
+        """Also told the leader's config and metrics, in the worker, as they are logged (benchmarks, fault tests)."""
         self.records: list[dict[str, Any]] = []
 
     # ---- logger --------------------------------------------------------------------------------------------------
     def log_config(self, config: dict[str, Any]) -> None:
-        pass
+        if self.ctx.is_leader and self.watcher is not None:
+            self.watcher.log_config(config)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.ctx.is_leader:
             clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
             self.records.append({"step": int(step), **clean})
+            if self.watcher is not None:
+                self.watcher.log_metrics(metrics, step)
 
     def log_run_dir(self, run_dir: Path, artifact: RunArtifact) -> None:
         pass
@@ -104,11 +112,12 @@ class RayChannel:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(config: dict[str, Any], watcher: MetricLogger | None = None) -> None:
     """The Ray Train worker function: ``run_training`` with Ray's rank, the channel and the restored checkpoint.
 
     ``config`` (built by the driver): ``config`` (the validated RunConfig), ``data`` (the task data the driver read),
-    ``base`` (a staged copy of a local base model, or None), ``run_id``, ``live_logs``, ``resume_from``."""
+    ``base`` (a staged copy of a local base model, or None), ``run_id``, ``live_logs``, ``resume_from``.
+    ``watcher``: see :attr:`RayChannel.watcher` (bind it with ``functools.partial``)."""
     import ray.train
     from ray.train.torch import get_device
 
@@ -122,7 +131,7 @@ def train_worker(config: dict[str, Any]) -> None:
         return  # the run had finished and published its artefact before the restart: nothing left to do
     staged: StagedDir | None = config.get("base")
     inputs = RunInputs(config.get("data"), str(staged.local_copy()) if staged is not None else None)
-    channel = RayChannel(ctx, config.get("run_id"), config.get("live_logs", True))
+    channel = RayChannel(ctx, config.get("run_id"), config.get("live_logs", True), watcher)
     scratch = Path(tempfile.mkdtemp(prefix=f"protpeft-{cfg.name}-rank{ctx.rank}-"))
     explicit = config.get("resume_from")  # a checkpoint directory named by --resume
     try:

@@ -21,19 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from protpeft.trainer.ray_cluster import port_is_free
+
 PORT_RANGE = (20000, 28000)
 """Blocks are picked below Linux's ephemeral range (32768–60999), so outgoing connections never take them meanwhile,
 and below the ports protpeft's ``free_port`` hands out (28000–32767), so a node's worker port is never a port another
 test picked for its server."""
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class PortBlock:
@@ -43,7 +36,7 @@ class PortBlock:
         low, high = PORT_RANGE
         for _ in range(tries):
             base = random.randrange(low, high - n)
-            if all(_port_free(p) for p in range(base, base + n)):
+            if all(port_is_free(p) for p in range(base, base + n)):
                 self._next, self._end = base, base + n
                 return
         raise RuntimeError(f"no block of {n} free ports in {PORT_RANGE} after {tries} tries")

@@ -3,6 +3,7 @@ answers ``POST /invocations``, and ``mlflow.pyfunc.load_model`` predicts sequenc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ import pytest
 from registry_helpers import sample_pairs, sample_sequences, wait_http
 
 from protpeft.trainer.ray_cluster import free_port
+
+VENV_PATH = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+"""The environment's scripts first, as in an activated environment: ``mlflow models serve`` runs ``uvicorn``."""
 
 pytest_plugins = ["registry_fixtures"]  # the registry's fixtures (stores, server, trained runs)
 
@@ -58,7 +62,8 @@ def test_mlflow_models_serve_answers_predictions_for_a_registered_version(sqlite
                                  {"dataframe_split": {"columns": ["sequence"], "data": [["MKT"]]}})  # fmt: skip
         assert status == 400 and "seq_a" in json.dumps(body)  # the logged signature is enforced
     finally:
-        os.killpg(server.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already: the error above says why
+            os.killpg(server.pid, 15)
         server.wait(timeout=30)
         log.close()
 

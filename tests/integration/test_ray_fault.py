@@ -38,16 +38,14 @@ class KillOnce:
     def __call__(self, config: dict) -> None:
         from protpeft.trainer import ray_worker
 
-        log_metrics = ray_worker.RayChannel.log_metrics
-        killer = self
+        ray_worker.train_worker(config, watcher=self)
 
-        def logging_then_killing(channel, metrics: dict[str, float], step: int) -> None:
-            log_metrics(channel, metrics, step)
-            if channel.ctx.is_leader and "train_loss" in metrics:
-                killer.saw(step)
+    def log_config(self, config: dict) -> None:
+        pass
 
-        ray_worker.RayChannel.log_metrics = logging_then_killing
-        ray_worker.train_worker(config)
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if "train_loss" in metrics:
+            self.saw(step)
 
     def saw(self, step: int) -> None:
         with self.trail.open("a") as fh:

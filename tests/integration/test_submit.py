@@ -8,6 +8,7 @@ which would stop every Ray instance on the machine).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -98,6 +99,24 @@ def _start_head(token: str) -> tuple[subprocess.Popen, str, int, dict, object]:
     return proc, temp_dir, dashboard, env, log
 
 
+@contextlib.contextmanager
+def _answering_head(token: str) -> Iterator[tuple[dict | None, str]]:
+    """A head from :func:`_start_head`: ``(head, "")`` once its dashboard answers, or ``(None, why)`` with the tail
+    of Ray's log if it exits first. Stopped (its process group, stray daemons, its temp dir) on leaving."""
+    proc, temp_dir, dashboard, env, log = _start_head(token)
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
+        except AssertionError as err:
+            yield None, f"{err}\n{(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}"
+            return
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env, "temp_dir": temp_dir}, ""
+    finally:
+        _kill_group(proc, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[dict]:
     """``ray start --head`` on 127.0.0.1 with RAY_AUTH_MODE=token and a fresh random token. A head that exits
@@ -105,22 +124,11 @@ def ray_head() -> Iterator[dict]:
     token = secrets.token_hex(16)
     failures: list[str] = []
     for _attempt in range(2):
-        proc, temp_dir, dashboard, env, log = _start_head(token)
-        try:
-            wait_http(f"http://127.0.0.1:{dashboard}/api/version", proc, headers={"Authorization": f"Bearer {token}"})
-        except AssertionError as err:
-            log.close()
-            failures.append(f"{err}\n{(Path(temp_dir) / 'ray-start.log').read_text()[-3000:]}")
-            _kill_group(proc, temp_dir)
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            continue
-        try:
-            yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "env": env, "temp_dir": temp_dir}
-        finally:
-            _kill_group(proc, temp_dir)
-            log.close()
-            shutil.rmtree(temp_dir, ignore_errors=True)
-        return
+        with _answering_head(token) as (head, failure):
+            if head is not None:
+                yield head
+                return
+            failures.append(failure)
     pytest.fail("\n\n".join(failures))
 
 

@@ -125,8 +125,15 @@ def test_frozen_rows_are_looked_up_once() -> None:
 
 
 def test_call_slices_and_distinct() -> None:
-    assert call_slices(16, 8) == [slice(0, 8), slice(8, 16)]  # a PPI batch of 8 pairs: two calls of 8
-    assert call_slices(9, 8) == [slice(0, 4), slice(4, 9)]  # near-equal, never a call of 1 beside one of 8
-    assert call_slices(5, 8) == [slice(0, 5)]
-    assert call_slices(8, 8) == [slice(0, 8)]  # symmetry: one call, as before
+    equal = [10] * 16
+    assert call_slices(equal, 8) == [slice(0, 8), slice(8, 16)]  # a PPI batch of 8 pairs: two calls of 8
+    assert sorted(c.stop - c.start for c in call_slices(equal[:9], 8)) == [4, 5]  # never a call of 1 beside 8
+    assert call_slices(equal[:5], 8) == [slice(0, 5)]
+    assert call_slices(equal[:8], 8) == [slice(0, 8)]  # symmetry: one call, as before
+    assert call_slices(equal, 8, call_cost=64) == [slice(0, 8), slice(8, 16)]  # nothing to save: fewest calls
+    hub = [400, 60, 50, 40]  # one long protein beside short ones
+    assert call_slices(hub, 4) == [slice(0, 4)]  # fewest calls (accelerators)
+    assert call_slices(hub, 4, call_cost=64) == [slice(0, 1), slice(1, 4)]  # CPU: 580 padded tokens saved
+    assert call_slices(hub, 2) == [slice(0, 2), slice(2, 4)]  # at most 2 rows a call: 2 calls are the fewest
+    assert call_slices([], 4) == []
     assert distinct(["a", "b", "a", "c", "b"]) == ([0, 1, 3], [0, 1, 0, 2, 1])

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 # (task, mode, overrides that make the tiny random model learn within a few seconds of CPU)
 CASES = [
     ("ppi", "frozen", ["optim.lr=1e-2", "optim.epochs=10"]),
-    ("ppi", "lora", ["optim.lr=5e-3", "optim.epochs=5"]),
+    ("ppi", "lora", ["optim.lr=5e-3", "optim.epochs=8"]),
     ("ppi", "full", ["optim.lr=1e-4", "optim.epochs=5"]),
     ("symmetry", "frozen", ["optim.lr=1e-2", "optim.epochs=10"]),
     ("symmetry", "lora", ["optim.lr=5e-3", "optim.epochs=5"]),
