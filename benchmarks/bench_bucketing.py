@@ -1,6 +1,7 @@
 """Training tokens/s on real protein lengths: protpeft (length-bucketed batches, each distinct protein of a batch
-encoded once, calls of at most one row per pair) vs the plain loop a user would write (``benchmarks/peer_loop.py``:
-random batches, one call per member padded to its own longest).
+encoded once, in the calls the model makes: at most one row per pair, split further on CPU where that saves padding)
+vs the plain loop a user would write (``benchmarks/peer_loop.py``: random batches, one call per member padded to its
+own longest).
 
 E. coli D-SCRIPT pairs (train split of a seeded random split), a random-weight ESM-2 8M, LoRA with the paper's
 defaults on both sides (r 8, alpha 32, dropout 0.1, key+value of the last 8 layers; head dropout 0.1), batch 8 pairs,

@@ -18,7 +18,7 @@ the resident set before it, anonymous vs file-backed memory, and the activations
 into layers below k, from k, and the rest (none below k in any way: PyTorch keeps nothing for frozen layers whose
 inputs need no grad).
 
-    .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 24] [--batch 4] [--crop 512] [--quick]
+    .venv/bin/python -m benchmarks.bench_prefix_cache [--pairs 24] [--batch 4] [--crop 1024] [--quick]
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=24, help="training pairs in the subset (one epoch)")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step (the config's default)")
-    parser.add_argument("--crop", type=int, default=512, help="tokens per protein at most")
+    parser.add_argument("--crop", type=int, default=1024, help="tokens per protein at most (the paper's crop)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved epochs per way; the best is kept")
     parser.add_argument("--quick", action="store_true", help="tiny 4-layer model, LoRA on 2 layers: a smoke run")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
