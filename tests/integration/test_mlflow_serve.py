@@ -43,8 +43,8 @@ def test_mlflow_models_serve_answers_predictions_for_a_registered_version(sqlite
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ppi-served@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": sqlite_store}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": sqlite_store, "PATH": VENV_PATH},  # it execs `uvicorn`
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         try:
