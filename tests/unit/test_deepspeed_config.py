@@ -5,7 +5,9 @@ their nodes. (ZeRO-3 across two nodes that see none of the driver's files: tests
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +78,16 @@ def test_inline_content_is_checked_where_the_yaml_says_it(tmp_path: Path) -> Non
         load_config(path)
     path.write_text("mode: full\nengine:\n  deepspeed_config:\n    zero_optimization: {stage: 2}\n")
     assert load_config(path).engine.deepspeed_config == {"zero_optimization": {"stage": 2}}
+
+
+def test_the_environments_ninja_comes_first_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another ninja on PATH would discard the build log of the op `make install` compiled, and compile it again."""
+    from protpeft.trainer.deepspeed_ops import use_environment_ninja
+
+    scripts = os.path.dirname(sys.executable)
+    if not os.path.isfile(os.path.join(scripts, "ninja")):
+        pytest.skip(f"no ninja in {scripts}: nothing to prefer")
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", scripts]))
+    use_environment_ninja()
+    assert os.environ["PATH"].split(os.pathsep) == [scripts, "/usr/bin", "/bin"]  # moved, not repeated
+    assert shutil.which("ninja") == os.path.join(scripts, "ninja")
