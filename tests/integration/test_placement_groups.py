@@ -18,7 +18,8 @@ def _state(pg_hex: str) -> str:
 
 def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local) -> None:
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
     from protpeft.trainer.placement_groups import job_placement_groups, release_placement_groups
 
@@ -31,6 +32,9 @@ def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local
     class DyingController:
         """Like a Train controller retrying its worker group as it is killed: registers a group a moment later."""
 
+        def alive(self) -> bool:
+            return True
+
         def register_later(self, delay: float) -> str:
             time.sleep(delay)
             return placement_group([{"CPU": 1}]).id.hex()
@@ -38,7 +42,9 @@ def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local
     left = placement_group([{"CPU": 1}])  # a group the stopped work left behind
     ray.get(left.ready(), timeout=60)
     controller = DyingController.remote()
+    ray.get(controller.alive.remote(), timeout=120)  # its process started: "late" counts from the release's start
     late = controller.register_later.remote(1.0)
+    late_hex = None
     try:
         removed = release_placement_groups(before, settle_s=4.0)
         late_hex = ray.get(late, timeout=30)
@@ -48,6 +54,8 @@ def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local
             assert time.monotonic() < deadline, (_state(left.id.hex()), _state(late_hex))
             time.sleep(0.1)
         assert _state(held.id.hex()) == "CREATED" and job_placement_groups() == before
-    finally:
+    finally:  # whatever failed, nothing of this test may hold the shared instance's CPUs afterwards
         ray.kill(controller)
-        remove_placement_group(held)
+        for hex_id in filter(None, (held.id.hex(), left.id.hex(), late_hex)):
+            if _state(hex_id) != "REMOVED":
+                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
