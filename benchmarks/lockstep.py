@@ -43,9 +43,6 @@ class GateLogger:
     def __init__(self, directory: str, side: str, steps: int) -> None:
         self.gate = Gate(directory, side, steps)
 
-    def __call__(self) -> GateLogger:  # a picklable logger factory for Ray's rank-0 worker
-        return self
-
     def log_config(self, config: dict) -> None:
         self.gate.wait(1)
 
