@@ -21,7 +21,7 @@ from protpeft.data.tokens import TokenEncoder
 from protpeft.models import apply_mode, load_backbone
 from protpeft.models.assembly import build_task_model
 from protpeft.models.backbone import load_tokenizer
-from protpeft.models.classifier import EmbeddingTable, ProteinClassifier, call_slices
+from protpeft.models.classifier import EmbeddingTable, ProteinClassifier, call_slices, encoder_calls
 
 pytestmark = pytest.mark.unit
 TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
@@ -136,4 +136,8 @@ def test_call_slices_and_distinct() -> None:
     assert call_slices(hub, 4, call_cost=64) == [slice(0, 1), slice(1, 4)]  # CPU: 580 padded tokens saved
     assert call_slices(hub, 2) == [slice(0, 2), slice(2, 4)]  # at most 2 rows a call: 2 calls are the fewest
     assert call_slices([], 4) == []
+    mask = torch.tensor([[1] * 400, [1] * 60 + [0] * 340, [1] * 50 + [0] * 350, [1] * 40 + [0] * 360])
+    cpu = [slice(0, 1), slice(1, 3), slice(3, 4)]  # CPU: at most a row per example a call, the long one alone
+    assert encoder_calls({"attention_mask": mask}, 2) == cpu
+    assert encoder_calls({"attention_mask": mask}, 2, accelerator=True) == [slice(0, 4)]  # GPU: one call of all
     assert distinct(["a", "b", "a", "c", "b"]) == ([0, 1, 3], [0, 1, 0, 2, 1])
