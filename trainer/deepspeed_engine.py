@@ -67,7 +67,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int, dtype: torch.dtype) -> dic
 
 def _ensure_process_group(ctx: WorkerContext) -> None:
     """DeepSpeed needs torch.distributed and the launcher's rank variables; outside Ray (one process) start a
-    1-rank gloo group on loopback. Ray Train sets the variables itself; these defaults only fill gaps."""
+    1-rank group on loopback: NCCL on a GPU (what DeepSpeed's CUDA collectives are written for; gloo lacks several
+    of them for CUDA tensors), else gloo. Ray Train sets the variables itself; these defaults only fill gaps."""
     for key, value in (("LOCAL_RANK", ctx.local_rank), ("RANK", ctx.rank), ("WORLD_SIZE", ctx.world_size)):
         os.environ.setdefault(key, str(value))
     if dist.is_initialized():
@@ -76,7 +77,8 @@ def _ensure_process_group(ctx: WorkerContext) -> None:
         raise RuntimeError("DeepSpeedEngine with several workers needs an initialised torch.distributed group")
     from protpeft.trainer.ray_cluster import free_port
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    backend = "nccl" if ctx.device.type == "cuda" and dist.is_nccl_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
 def _meta_skeleton(model: nn.Module) -> nn.Module:
