@@ -41,42 +41,49 @@ import torch.nn.functional as F
 
 from benchmarks.common import ROOT, ecoli_or_exit, train_on, write_results
 
-SHAPES = {"full": ("esm2_t30_150M_UR50D", 8), "quick": ("tiny", 2)}
+SHAPES = {"full": ("esm2_t30_150M_UR50D", 8), "quick": ("tiny", 2), "650M": ("esm2_t33_650M_UR50D", 8)}
 
 
 # -- the plain transformers + peft loop
 
 
 class PlainLoop:
-    """What a user writes: EsmModel + peft LoRA, tokenizer(padding=True) over both proteins, mean pool, head."""
+    """What a user writes: EsmModel + peft LoRA (``last_layers`` None: every weight trained), tokenizer(padding=True)
+    over both proteins, mean pool, head; on a GPU under bf16 autocast with fp32 weights, as protpeft's engine."""
 
-    def __init__(self, base: str, last_layers: int, crop: int, lr: float) -> None:
+    def __init__(
+        self, base: str, last_layers: int | None, crop: int, lr: float, device: str = "cpu", bf16: bool = False
+    ) -> None:
         import peft
         from transformers import AutoTokenizer, EsmModel
 
         torch.manual_seed(0)
-        esm = EsmModel.from_pretrained(base, add_pooling_layer=False)
+        esm = EsmModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True)
         n = esm.config.num_hidden_layers
         lora = peft.LoraConfig(
             r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["key", "value"],
-            layers_to_transform=list(range(n - last_layers, n)),
+            layers_to_transform=list(range(n - (last_layers or 0), n)),
         )  # fmt: skip
-        self.model = peft.get_peft_model(esm, lora)
+        self.model = (esm if last_layers is None else peft.get_peft_model(esm, lora)).to(device)
         hidden = esm.config.hidden_size
         self.head = torch.nn.Sequential(torch.nn.Linear(hidden, 128), torch.nn.Tanh(), torch.nn.Linear(128, 1))
-        self.tokenizer, self.crop = AutoTokenizer.from_pretrained(base), crop
+        self.head.to(device)
+        self.tokenizer, self.crop, self.device = AutoTokenizer.from_pretrained(base), crop, device
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
         params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=lr)
 
     def step(self, pairs: list[tuple[str, str, float]]) -> None:
         seqs = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]
         batch = self.tokenizer(seqs, padding=True, truncation=True, max_length=self.crop, return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
-        pooled = pooled.view(2, len(pairs), -1).mean(0)
-        labels = torch.tensor([y for _, _, y in pairs])
-        loss = F.binary_cross_entropy_with_logits(self.head(pooled).squeeze(-1), labels)
+        batch = batch.to(self.device)
+        with self.autocast:
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            pooled = pooled.view(2, len(pairs), -1).mean(0)
+            labels = torch.tensor([y for _, _, y in pairs], device=self.device)
+            loss = F.binary_cross_entropy_with_logits(self.head(pooled).squeeze(-1).float(), labels)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -85,7 +92,11 @@ class PlainLoop:
 # -- protpeft's own pieces
 
 
-def setup(args: argparse.Namespace, work: Path):
+def shape_of(args: argparse.Namespace) -> str:
+    return getattr(args, "shape", None) or ("quick" if args.quick else "full")
+
+
+def setup(args: argparse.Namespace, work: Path, *overrides: str):
     """The config, the subset as TaskData, the tokens and the model checkpoint of the benchmark."""
     from protpeft.config import load_config
     from protpeft.data.datasets import TaskData, load_task_data
@@ -93,7 +104,7 @@ def setup(args: argparse.Namespace, work: Path):
     from protpeft.models.backbone import ESM2_PRESETS, init_tiny, load_tokenizer
 
     data_dir = ecoli_or_exit()
-    preset, last = SHAPES["quick" if args.quick else "full"]
+    preset, last = SHAPES[shape_of(args)]
     base = work / "model"
     if not (base / "config.json").is_file():
         init_tiny(base, *ESM2_PRESETS[preset])
@@ -111,6 +122,7 @@ def setup(args: argparse.Namespace, work: Path):
             f"optim.batch_size={args.batch}",
             "optim.grad_accum=1",
             "optim.lr=1e-4",
+            *overrides,
         ],
     )
     full = load_task_data("ppi", cfg.data)
@@ -120,7 +132,7 @@ def setup(args: argparse.Namespace, work: Path):
     return cfg, data, TokenEncoder(load_tokenizer(str(base)), cfg.data.crop)
 
 
-def protpeft_model(cfg, data, tokens, cache: bool):
+def protpeft_model(cfg, data, tokens, cache: bool, device: str = "cpu"):
     """(engine, collate, seconds spent filling the cache) exactly as ``run_training`` builds them."""
     from protpeft.data.collate import TokenCollate
     from protpeft.models.assembly import build_task_model
@@ -131,13 +143,15 @@ def protpeft_model(cfg, data, tokens, cache: bool):
     from protpeft.trainer.prefix import map_prefix_weights, prefix_cached
 
     torch.manual_seed(0)
-    ctx = WorkerContext.local("cpu")
+    ctx = WorkerContext.local(device)
     backbone = load_backbone(str(cfg.model.base))
     fingerprint = backbone_fingerprint(backbone)
     model = build_task_model(apply_mode(backbone, "lora", cfg.lora), "ppi", "mean", 128, 0.1, tokens.special_ids)
     start = time.perf_counter()
     if cache:
         model, _ = prefix_cached(cfg, data, model, tokens, fingerprint, ctx)
+    if device != "cpu":
+        torch.cuda.synchronize()
     fill = time.perf_counter() - start
     engine = LocalEngine(model, cfg, 10**6, ctx)
     map_prefix_weights(model, "local", data, ctx)
@@ -163,10 +177,10 @@ def residues(data, batches: list[list[int]], crop: int) -> int:
     return sum(min(len(data.sequences[m]), crop - 2) for b in batches for i in b for m in examples[i].members)
 
 
-def computed_tokens(data, tokens, batches: list[list[int]], way: str) -> int:
+def computed_tokens(data, tokens, batches: list[list[int]], way: str, accelerator: bool = False) -> int:
     """Tokens the encoder layers compute, padding and <cls>/<eos> included. The loop pads a batch's 2B proteins
     to the longest of them; protpeft encodes each distinct protein once, longest first, in the calls the model makes
-    (:func:`~protpeft.models.classifier.encoder_calls`), each padded to its own longest."""
+    on this kind of device (:func:`~protpeft.models.classifier.encoder_calls`), each padded to its own longest."""
     from protpeft.data.collate import member_inputs
     from protpeft.models.classifier import encoder_calls
 
@@ -177,7 +191,7 @@ def computed_tokens(data, tokens, batches: list[list[int]], way: str) -> int:
             total += 2 * len(b) * max(tokens.length(s) for column in columns for s in column)
             continue
         mask = member_inputs(tokens, columns)["attention_mask"]
-        for part in encoder_calls({"attention_mask": mask}, len(b)):
+        for part in encoder_calls({"attention_mask": mask}, len(b), accelerator):
             total += mask[part].shape[0] * int(mask[part].sum(1).max())
     return total
 
@@ -351,7 +365,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     rows = [*list(best.values())[:2], filling, best["protpeft, cache on"]]
     memory = {way: step_memory(args, work, way) for way in ("loop", "cache off", "cache on")}
     loop_rate, off_rate, on_rate = (rows[i]["residues_per_s"] for i in (0, 1, 3))
-    preset, last = SHAPES["quick" if args.quick else "full"]
+    preset, last = SHAPES[shape_of(args)]
     write_results(
         "prefix_cache" + ("_quick" if args.quick else ""),
         rows,

@@ -4,6 +4,7 @@ pass, result tables."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SHARED_DATA = ROOT.parent / "shared" / "data" / "ppi-dscript"
+SHARED_DATA = Path(os.environ.get("PROTPEFT_PPI_DATA", ROOT.parent / "shared" / "data" / "ppi-dscript"))
+"""The D-SCRIPT pairs: ../shared beside the checkout, or where PROTPEFT_PPI_DATA points (a machine without it)."""
 
 
 def random_esm2(preset: str = "esm2_t6_8M_UR50D") -> Path:
@@ -53,13 +55,17 @@ def ecoli_ppi_config(*overrides: str) -> RunConfig:
 
 
 def train_on(engine, collate, examples: list, batches: list[list[int]]) -> float:
-    """One optimizer step per batch (indices into ``examples``); the seconds it took."""
-    from protpeft.trainer.loop import _loss
+    """One optimizer step per batch (indices into ``examples``), on the engine's device as the loop moves it; the
+    seconds it took (on a GPU, until its queued work has finished)."""
+    from protpeft.trainer.loop import _loss, _to_device
 
+    device = engine.ctx.device
     start = time.perf_counter()
     for batch in batches:
-        engine.backward(_loss(engine, collate([examples[i] for i in batch])), True)
+        engine.backward(_loss(engine, _to_device(collate([examples[i] for i in batch]), device)), True)
         engine.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
