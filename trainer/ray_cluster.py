@@ -158,8 +158,11 @@ def connect(
 
 
 def check_reachable(target: str, timeout: float = 5.0) -> None:
-    """A ``HOST:PORT`` address must accept a TCP connection: ``ray.init`` retries an unreachable GCS for many
-    minutes, with Ray's warnings and then a traceback. (``auto`` and ``ray://`` addresses are left to Ray.)
+    """A ``HOST:PORT`` address must accept a TCP connection and answer gRPC, as a GCS does: ``ray.init`` retries an
+    unreachable GCS for many minutes, with Ray's warnings and then a traceback, and hangs as long on a port where
+    something else listens (the dashboard's 8265 given without ``http://``, an MLflow server). ``auto`` and
+    ``ray://`` addresses are left to Ray, and so is the gRPC check under ``RAY_USE_TLS`` (a plain channel cannot
+    tell a TLS GCS from anything else).
 
     Raises:
         ClusterError: one line naming the address.
@@ -176,3 +179,18 @@ def check_reachable(target: str, timeout: float = 5.0) -> None:
             f"--address {target}: no Ray cluster answers there ({err.strerror or err}); pass the head's GCS address "
             "(HEAD:6379, as `ray start --head` prints it) or `auto` on a cluster node"
         ) from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ClusterError(
+            f"--address {target}: something listens there but does not answer gRPC as a Ray cluster's GCS does (a "
+            "dashboard or other HTTP port?); pass the head's GCS address (HEAD:6379, as `ray start --head` prints "
+            "it); to run through the Jobs API use `protpeft submit --address http://HEAD:8265 -- train ...`"
+        ) from None
+    finally:
+        channel.close()

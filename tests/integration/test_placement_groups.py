@@ -18,7 +18,6 @@ def _state(pg_hex: str) -> str:
 
 def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local) -> None:
     import ray
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
     from protpeft.trainer.placement_groups import job_placement_groups, release_placement_groups
@@ -58,4 +57,4 @@ def test_release_removes_this_jobs_new_groups_also_one_registered_late(ray_local
         ray.kill(controller)
         for hex_id in filter(None, (held.id.hex(), left.id.hex(), late_hex)):
             if _state(hex_id) != "REMOVED":
-                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(hex_id)))

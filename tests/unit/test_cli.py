@@ -177,23 +177,48 @@ def test_submit_env_items_take_values_or_this_shells_and_refuse_the_ray_token() 
             job_env([bad], here)
 
 
-def test_a_listening_address_passes_the_reachability_check_in_ipv4_and_bracketed_ipv6() -> None:
+def test_a_grpc_listener_passes_the_reachability_check_in_ipv4_and_bracketed_ipv6() -> None:
     import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
 
     from protpeft.trainer.cluster_checks import ClusterError
     from protpeft.trainer.ray_cluster import check_reachable
 
-    listening = [(socket.AF_INET, "127.0.0.1", "127.0.0.1:{}")]
-    if socket.has_ipv6:
-        listening.append((socket.AF_INET6, "::1", "[::1]:{}"))
-    for family, host, form in listening:
-        with socket.socket(family) as server:
-            try:
-                server.bind((host, 0))
-            except OSError:  # no IPv6 loopback on this machine
-                continue
-            server.listen()
-            port = server.getsockname()[1]
+    forms = ["127.0.0.1:{}"] + (["[::1]:{}"] if socket.has_ipv6 else [])
+    for form in forms:
+        server = grpc.server(ThreadPoolExecutor(max_workers=1))  # what a GCS is, as far as the check can tell
+        try:
+            port = server.add_insecure_port(form.format(0))
+        except RuntimeError:  # no IPv6 loopback on this machine (older grpcio returns 0 instead)
+            port = 0
+        if not port:
+            continue
+        server.start()
+        try:
             check_reachable(form.format(port))
+        finally:
+            server.stop(None).wait()
         with pytest.raises(ClusterError, match="no Ray cluster answers there"):
             check_reachable(form.format(port))  # closed now
+
+
+def test_an_http_port_given_as_the_cluster_address_is_one_line_not_a_hang() -> None:
+    """``ray.init`` on a port where an HTTP server listens (the dashboard's 8265 without ``http://``) retries for
+    minutes; the check says so within its timeout."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    from protpeft.trainer.cluster_checks import ClusterError
+    from protpeft.trainer.ray_cluster import check_reachable
+
+    server = HTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ClusterError, match=f"--address {address}: something listens there but does not answer"):
+            check_reachable(address, timeout=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
