@@ -14,7 +14,7 @@ Every way trains with fp32 master weights and bf16 compute. MFU counts the model
 every layer; the cache-on figure counts the same model FLOPs (its speed-up shows as MFU above the hardware's
 share). Peak: the H200's dense bf16 989 TFLOP/s.
 
-    python -m benchmarks.bench_gpu [--pairs 512] [--batch 4] [--crop 1024] [--repeats 3] [--out DIR]
+    python -m benchmarks.bench_gpu [--pairs 256] [--batch 4] [--crop 1024] [--repeats 2] [--sections lora,full]
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from benchmarks.bench_prefix_cache import (
     pairs_of,
     protpeft_model,
     random_batches,
-    residues,
+    result_row,
     setup,
+    subset_options,
 )
 from benchmarks.common import train_on, write_results
 
@@ -97,21 +98,16 @@ class Ways:
         self.n = len(data.splits["train"])
 
     def row(self, way: str, batches: list[list[int]], seconds: float, epoch_no) -> dict:
-        real = residues(self.data, batches, self.args.crop)
-        way_kind = "loop" if "loop" in way else "calls"
-        computed = computed_tokens(self.data, self.tokens, batches, way_kind, self.args.device != "cpu")
+        accelerator = self.args.device != "cpu"
+        row = result_row(self.data, self.tokens, self.args.crop, way, batches, seconds, epoch_no, accelerator)
         flops = step_flops(self.data, self.tokens, batches, self.hidden, self.layer_equivalents)
-        return {
-            "way": way,
-            "epoch": epoch_no,
-            "steps": len(batches),
-            "real_residues": real,
-            "padding_fraction": 1 - real / computed,
-            "seconds": seconds,
-            "residues_per_s": real / seconds,
-            "model_tflops_per_s": flops / seconds / 1e12,
-            "mfu": flops / seconds / PEAK_FLOPS,
-        }
+        return row | {"model_tflops_per_s": flops / seconds / 1e12, "mfu": flops / seconds / PEAK_FLOPS}
+
+    def memory(self, ways: dict[str, tuple[str, object]]) -> dict[str, float]:
+        """Each way's :func:`step_rise_mib` on the random batch the loop pads most."""
+        longest = max(random_batches(self.n, self.args.batch, 0),
+                      key=lambda b: computed_tokens(self.data, self.tokens, [b], "loop"))  # fmt: skip
+        return {way: step_rise_mib(lambda b, t=train: t([b]), longest) for way, (_, train) in ways.items()}
 
     def best(self, ways: dict[str, tuple[str, object]]) -> dict[str, dict]:
         """``ways``: name → ("loop" | "bucketed", train(batches))."""
@@ -141,17 +137,12 @@ def lora_section(args, work: Path) -> dict:
         loop.step(pairs_of(data, b))  # blocks, kernel choices), and the timed ways should not pay for that
     train_on(off, collate, examples, first)  # the shapes of the cache-on way's first epoch too
     filling = ways.row("protpeft, cache on (filling)", first, fill + train_on(on, collate, examples, first), 1)
-    best = ways.best({
+    spec = {
         "transformers + peft loop": ("loop", lambda bs: [loop.step(pairs_of(data, b)) for b in bs]),
         "protpeft, cache off": ("bucketed", lambda bs: train_on(off, collate, examples, bs)),
         "protpeft, cache on": ("bucketed", lambda bs: train_on(on, collate, examples, bs)),
-    })  # fmt: skip
-    longest = max(random_batches(n, args.batch, 0), key=lambda b: computed_tokens(data, tokens, [b], "loop"))
-    memory = {
-        "loop": step_rise_mib(lambda b: loop.step(pairs_of(data, b)), longest),
-        "cache off": step_rise_mib(lambda b: train_on(off, collate, examples, [b]), longest),
-        "cache on": step_rise_mib(lambda b: train_on(on, collate, examples, [b]), longest),
     }
+    best, memory = ways.best(spec), ways.memory(spec)
     rows = [best["transformers + peft loop"], best["protpeft, cache off"], filling, best["protpeft, cache on"]]
     loop_rate, off_rate, on_rate = (rows[i]["residues_per_s"] for i in (0, 1, 3))
     notes = {
@@ -199,17 +190,15 @@ def full_section(args, work: Path) -> dict:
     for engine in (local, ds):
         train_on(engine, collate, examples, epoch(data, tokens, args.batch, 0))
     ways = Ways(args, cfg, data, tokens, lambda layers: 3 * layers)
-    best = ways.best({
+    spec = {
         "transformers loop (full, AdamW)": ("loop", lambda bs: [loop.step(pairs_of(data, b)) for b in bs]),
         "protpeft full, plain engine": ("bucketed", lambda bs: train_on(local, collate, examples, bs)),
-        "protpeft full, DeepSpeed ZeRO-2 bf16": ("bucketed", lambda bs: train_on(ds, collate, examples, bs)),
-    })  # fmt: skip
-    longest = max(random_batches(n, args.batch, 0), key=lambda b: computed_tokens(data, tokens, [b], "loop"))
-    memory = {
-        "loop": step_rise_mib(lambda b: loop.step(pairs_of(data, b)), longest),
-        "plain engine": step_rise_mib(lambda b: train_on(local, collate, examples, [b]), longest),
-        "deepspeed": step_rise_mib(lambda b: train_on(ds, collate, examples, [b]), longest),
+        f"protpeft full, DeepSpeed ZeRO-2 {args.precision}": (
+            "bucketed",
+            lambda bs: train_on(ds, collate, examples, bs),
+        ),
     }
+    best, memory = ways.best(spec), ways.memory(spec)
     trained = ds.consolidated_backbone(ds.engine.module.encoder.backbone)
     after = dict(trained.named_parameters())
     moved = max(float((after[k].detach().float() - v).abs().max()) for k, v in before.items())
@@ -233,10 +222,7 @@ def full_section(args, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=512, help="training pairs in the subset (one epoch)")
-    parser.add_argument("--batch", type=int, default=4, help="pairs per step (the paper's)")
-    parser.add_argument("--crop", type=int, default=1024, help="tokens per protein at most (the paper's crop)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved epochs per way; the best is kept")
+    subset_options(parser, pairs=256, repeats=2)
     parser.add_argument("--sections", default="lora,full", help="which to run, comma-separated")
     parser.add_argument("--out", type=Path, help="also write every section's JSON here")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on the CPU in fp32: the code paths only")

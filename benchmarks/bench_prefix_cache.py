@@ -196,6 +196,23 @@ def computed_tokens(data, tokens, batches: list[list[int]], way: str, accelerato
     return total
 
 
+def result_row(
+    data, tokens, crop: int, way: str, batches, seconds: float, epoch_no, accelerator: bool = False
+) -> dict:
+    """A table row: real residues per second of ``way`` (``loop`` in its name: the plain loop's padding)."""
+    real = residues(data, batches, crop)
+    computed = computed_tokens(data, tokens, batches, "loop" if "loop" in way else "calls", accelerator)
+    return {
+        "way": way,
+        "epoch": epoch_no,
+        "steps": len(batches),
+        "real_residues": real,
+        "padding_fraction": 1 - real / computed,
+        "seconds": seconds,
+        "residues_per_s": real / seconds,
+    }
+
+
 def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
     examples = data.splits["train"]
     return [(data.sequences[examples[i].members[0]], data.sequences[examples[i].members[1]], examples[i].target[0])
@@ -295,12 +312,17 @@ def step_memory(args: argparse.Namespace, work: Path, way: str) -> dict[str, flo
 # -- the run
 
 
+def subset_options(parser: argparse.ArgumentParser, pairs: int, repeats: int) -> None:
+    """The options that pick the E. coli subset and how it is timed."""
+    parser.add_argument("--pairs", type=int, default=pairs, help="training pairs in the subset (one epoch)")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step (the paper's and the config's)")
+    parser.add_argument("--crop", type=int, default=1024, help="tokens per protein at most (the paper's crop)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved epochs per way; the best is kept")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=24, help="training pairs in the subset (one epoch)")
-    parser.add_argument("--batch", type=int, default=4, help="pairs per step (the config's default)")
-    parser.add_argument("--crop", type=int, default=1024, help="tokens per protein at most (the paper's crop)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved epochs per way; the best is kept")
+    subset_options(parser, pairs=24, repeats=2)
     parser.add_argument("--quick", action="store_true", help="tiny 4-layer model, LoRA on 2 layers: a smoke run")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -326,17 +348,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
 
     def row(way: str, batches: list[list[int]], seconds: float, epoch_no: int | str) -> dict:
-        real = residues(data, batches, crop)
-        computed = computed_tokens(data, tokens, batches, "loop" if "loop" in way else "calls")
-        return {
-            "way": way,
-            "epoch": epoch_no,
-            "steps": len(batches),
-            "real_residues": real,
-            "padding_fraction": 1 - real / computed,
-            "seconds": seconds,
-            "residues_per_s": real / seconds,
-        }
+        return result_row(data, tokens, crop, way, batches, seconds, epoch_no)
 
     warm = random_batches(n, args.batch, 99)[:1]  # one untimed step each: lazy allocations, kernels
     loop.step(pairs_of(data, warm[0]))
