@@ -64,6 +64,10 @@ def ray_output(verbose: bool | None) -> dict[str, Any]:
     return {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
 
 
+_PORT_CHOICE = random.SystemRandom()
+"""Not the ``random`` module: training seeds it (``seed_everything``), and two processes that trained with the same
+seed would then try the same ports in the same order (two test workers did, and took the same port)."""
+
 QUIET_PORTS = range(28000, 32768)
 """Where :func:`free_port` picks: above Ray's default worker ports (10002-19999) and just below Linux's ephemeral
 range (from 32768), so the kernel hands none of them to a process (``bind(0)``, outgoing connections)."""
@@ -75,7 +79,7 @@ def free_port() -> int:
     with ``bind(0)``) may take it in the seconds before a Ray dashboard or agent binds it."""
     low = _ephemeral_low()
     quiet = [port for port in QUIET_PORTS if port < low]
-    for port in random.sample(quiet, min(len(quiet), 64)):
+    for port in _PORT_CHOICE.sample(quiet, min(len(quiet), 64)):
         if port_is_free(port):
             return port
     with socket.socket() as sock:  # no quiet port free (or none below this machine's ephemeral range)

@@ -36,15 +36,20 @@ def test_artefacts_are_proxied_through_the_server(any_store, mlflow_server, ppi_
 
 
 def _server_pids(port: int) -> list[int]:
-    """Live processes whose command line names ``mlflow`` and this port (the server and its workers)."""
+    """Live processes of this server: the command (``... mlflow-server --port PORT``), ``mlflow server --port PORT``
+    and the ``uvicorn --port PORT ... mlflow.server.fastapi_app:app`` it runs. Matched on whole arguments: another
+    test's process with the same number somewhere in its command line (a torch.distributed port beside a JSON config
+    naming ``mlflow``: two of them were killed as the server's once) is not the server's."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if "mlflow" in cmdline and str(port) in cmdline and state != "Z" and int(entry.name) != os.getpid():
+        named = any(a in ("mlflow", "mlflow-server") or a.startswith("mlflow.") for a in args)
+        on_port = any(a == "--port" and b == str(port) for a, b in zip(args, args[1:], strict=False))
+        if named and on_port and state != "Z" and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
 

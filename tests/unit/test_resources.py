@@ -96,3 +96,17 @@ def test_free_ports_come_from_below_the_ephemeral_range_where_the_kernel_hands_n
     assert len(set(ports)) > 1  # picked at random, not the same port for every caller
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))  # free when returned
+
+
+def test_free_ports_do_not_follow_the_training_seed() -> None:
+    """Training seeds Python's ``random`` (``seed_everything``): two processes that trained with the same seed must
+    not then pick the same ports (two test workers did, and one killed the other's processes as its server's)."""
+    import random
+
+    from protpeft.trainer.ray_cluster import free_port
+
+    picks = []
+    for _ in range(2):
+        random.seed(0)
+        picks.append([free_port() for _ in range(8)])
+    assert picks[0] != picks[1]
