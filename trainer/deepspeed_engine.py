@@ -25,7 +25,7 @@ from torch import nn
 
 from protpeft.config import RunConfig, read_deepspeed_json
 from protpeft.trainer.context import WorkerContext
-from protpeft.trainer.deepspeed_ops import use_environment_ninja
+from protpeft.trainer.deepspeed_ops import use_environment_toolchain
 from protpeft.trainer.engines import resolve_precision
 from protpeft.trainer.optim import build_optimizer, build_scheduler, param_groups
 
@@ -100,7 +100,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         _ensure_process_group(ctx)
-        use_environment_ninja()  # before DeepSpeed's CPU collectives load (or compile) their op
+        use_environment_toolchain()  # before DeepSpeed's CPU collectives load (or compile) their op
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
         self.cfg, self.ctx = cfg, ctx
         self.dtype = resolve_precision(cfg.engine.precision, ctx.device)

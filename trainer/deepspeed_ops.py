@@ -15,16 +15,24 @@ import time
 from pathlib import Path
 
 
-def use_environment_ninja() -> None:
-    """Put this interpreter's scripts directory first on ``PATH`` where it holds ``ninja``. Torch compiles the op
-    with the first ``ninja`` on ``PATH``, and two ninja versions discard each other's build log: a process that
-    finds another one (a system ninja, a venv not activated) compiles the op again, 35-100 CPU-seconds, although
-    ``make install`` built it."""
+def use_environment_toolchain() -> None:
+    """Build and find the op with this environment's own tools and cache, so that ``make install``'s build is the
+    one every later process loads (a rebuild costs 35-100 CPU-seconds):
+
+    - this interpreter's scripts directory first on ``PATH`` where it holds ``ninja``: torch compiles with the first
+      ``ninja`` on ``PATH``, and two ninja versions discard each other's build log (a system ninja, a venv not
+      activated);
+    - in a virtual environment, its own extension cache (``TORCH_EXTENSIONS_DIR``, unless set): torch's default,
+      ``~/.cache/torch_extensions``, is shared by all of a user's environments, and an op built against another
+      environment's torch headers is rebuilt, which in turn makes that environment rebuild its own (two checkouts
+      of this project on one machine did, in every DeepSpeed run of the test suite).
+    """
     scripts = str(Path(sys.executable).parent)
-    if not (Path(scripts) / "ninja").is_file():
-        return
-    rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts]
-    os.environ["PATH"] = os.pathsep.join([scripts, *rest])
+    if (Path(scripts) / "ninja").is_file():
+        rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != scripts]
+        os.environ["PATH"] = os.pathsep.join([scripts, *rest])
+    if sys.prefix != sys.base_prefix and os.access(sys.prefix, os.W_OK):
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 def build_cpu_comm_op() -> str:
@@ -35,7 +43,7 @@ def build_cpu_comm_op() -> str:
         return f"accelerator {get_accelerator().device_name()}: no CPU op to build"
     from deepspeed.comm.torch import build_shm_op
 
-    use_environment_ninja()
+    use_environment_toolchain()
     started = time.monotonic()
     op = build_shm_op()
     if op is None:

@@ -80,14 +80,20 @@ def test_inline_content_is_checked_where_the_yaml_says_it(tmp_path: Path) -> Non
     assert load_config(path).engine.deepspeed_config == {"zero_optimization": {"stage": 2}}
 
 
-def test_the_environments_ninja_comes_first_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another ninja on PATH would discard the build log of the op `make install` compiled, and compile it again."""
-    from protpeft.trainer.deepspeed_ops import use_environment_ninja
+def test_the_environments_ninja_and_extension_cache_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another ninja on PATH would discard the build log of the op `make install` compiled, and another environment's
+    build in the shared extension cache would be rebuilt: either compiles the op again."""
+    from protpeft.trainer.deepspeed_ops import use_environment_toolchain
 
     scripts = os.path.dirname(sys.executable)
-    if not os.path.isfile(os.path.join(scripts, "ninja")):
-        pytest.skip(f"no ninja in {scripts}: nothing to prefer")
+    if not os.path.isfile(os.path.join(scripts, "ninja")) or sys.prefix == sys.base_prefix:
+        pytest.skip(f"not in a virtual environment with its own ninja ({scripts})")
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", scripts]))
-    use_environment_ninja()
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    use_environment_toolchain()
     assert os.environ["PATH"].split(os.pathsep) == [scripts, "/usr/bin", "/bin"]  # moved, not repeated
     assert shutil.which("ninja") == os.path.join(scripts, "ninja")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    use_environment_toolchain()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/elsewhere"  # the user's choice stands
