@@ -1,5 +1,6 @@
-"""How a batch reaches the backbone: the distinct sequences once each, in calls of at most one row per example,
-each padded to its own longest — and the same logits and gradients as the old single call over all members.
+"""How a batch reaches the backbone: the distinct sequences once each, on CPU in calls of at most one row per
+example (on an accelerator in one call), each padded to its own longest — and the same logits and gradients as the
+old single call over all members.
 
 Tolerance 1e-6 (fp32): only the padding width of the matrix products changes (the attention mask zeroes padded
 keys exactly), so the gap is float rounding; a wrong row, a lost gradient of a shared protein or a member averaged
@@ -132,7 +133,7 @@ def test_call_slices_and_distinct() -> None:
     assert call_slices(equal[:8], 8) == [slice(0, 8)]  # symmetry: one call, as before
     assert call_slices(equal, 8, call_cost=64) == [slice(0, 8), slice(8, 16)]  # nothing to save: fewest calls
     hub = [400, 60, 50, 40]  # one long protein beside short ones
-    assert call_slices(hub, 4) == [slice(0, 4)]  # fewest calls (accelerators)
+    assert call_slices(hub, 4) == [slice(0, 4)]  # no call cost: the fewest calls
     assert call_slices(hub, 4, call_cost=64) == [slice(0, 1), slice(1, 4)]  # CPU: 580 padded tokens saved
     assert call_slices(hub, 2) == [slice(0, 2), slice(2, 4)]  # at most 2 rows a call: 2 calls are the fewest
     assert call_slices([], 4) == []
