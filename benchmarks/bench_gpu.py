@@ -109,6 +109,33 @@ class Ways:
                       key=lambda b: computed_tokens(self.data, self.tokens, [b], "loop"))  # fmt: skip
         return {way: step_rise_mib(lambda b, t=train: t([b]), longest) for way, (_, train) in ways.items()}
 
+    def profile(self, ways: dict[str, tuple[str, object]], steps: int) -> dict[str, dict[str, float]]:
+        """Per step of each way under ``torch.profiler`` (``--profile`` steps): kernel launches, host waits for the
+        device (stream/device synchronisation, blocking copies), values read back to the host (``.item()``,
+        ``int(tensor)``: ``aten::_local_scalar_dense``) and wall milliseconds. A step bound by launches shows as
+        many launches and few waits; a host sync before the forward shows as a wait per step."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        batches = {"loop": random_batches(self.n, self.args.batch, 0)[:steps],
+                   "bucketed": epoch(self.data, self.tokens, self.args.batch, 0)[:steps]}  # fmt: skip
+        found: dict[str, dict[str, float]] = {}
+        for way, (batching, train) in ways.items():
+            with profile(activities=activities) as prof:
+                seconds = synced(lambda b=batches[batching], t=train: t(b))
+            counts = {event.key: event.count for event in prof.key_averages()}
+
+            def per_step(*names: str, counts: dict[str, int] = counts) -> float:
+                return sum(counts.get(n, 0) for n in names) / steps
+
+            found[way] = {
+                "kernel_launches": per_step("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"),
+                "host_waits": per_step("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"),
+                "values_read_back": per_step("aten::_local_scalar_dense"),
+                "wall_ms": 1000 * seconds / steps,
+            }
+        return found
+
     def best(self, ways: dict[str, tuple[str, object]]) -> dict[str, dict]:
         """``ways``: name → ("loop" | "bucketed", train(batches))."""
         best: dict[str, dict] = {}
@@ -143,6 +170,7 @@ def lora_section(args, work: Path) -> dict:
         "protpeft, cache on": ("bucketed", lambda bs: train_on(on, collate, examples, bs)),
     }
     best, memory = ways.best(spec), ways.memory(spec)
+    profiled = ways.profile(spec, args.profile) if args.profile else {}
     rows = [best["transformers + peft loop"], best["protpeft, cache off"], filling, best["protpeft, cache on"]]
     loop_rate, off_rate, on_rate = (rows[i]["residues_per_s"] for i in (0, 1, 3))
     notes = {
@@ -151,6 +179,7 @@ def lora_section(args, work: Path) -> dict:
         "cache_off_vs_loop": off_rate / loop_rate,
         "fill_seconds": fill,
         "step_memory_rise_mib": memory,
+        "profile_per_step": profiled,
         "model": f"{args.preset} architecture, random weights, LoRA r8 key+value on the last "
         f"{cfg.lora.last_layers} layers, {args.precision} autocast over fp32 weights",
         "data": f"E. coli D-SCRIPT pairs: first {n} training pairs ({len(set(data.sequences.values()))} proteins), "
@@ -226,6 +255,7 @@ def main() -> None:
     parser.add_argument("--sections", default="lora,full", help="which to run, comma-separated")
     parser.add_argument("--out", type=Path, help="also write every section's JSON here")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on the CPU in fp32: the code paths only")
+    parser.add_argument("--profile", type=int, default=0, help="LoRA: profile this many steps of each way (0: none)")
     args = parser.parse_args()
     if not (torch.cuda.is_available() or args.smoke):
         raise SystemExit("skipped: no CUDA device")

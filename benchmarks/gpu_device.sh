@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks on a lent machine that has torch, transformers and peft but no package index, Ray, MLflow,
+# DeepSpeed or pydantic (the H200 image of 2026-12): how benchmarks/RESULTS.md was measured.
+#
+#   bash benchmarks/gpu_device.sh prepare   # here, with the venv and ../shared: wheels to .whl/, data to .gpudata/
+#   bash benchmarks/gpu_device.sh run OUT   # there, in the checkout's copy (carry .whl and .gpudata): writes OUT/
+#
+# Ray's wheel (79 MB) is too large to carry in one call (64 MiB), so nothing here goes through Ray.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+  grep -qx '/.gpudata/' .git/info/exclude 2>/dev/null || echo '/.gpudata/' >>.git/info/exclude
+  mkdir -p .whl .gpudata
+  local platforms=(--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
+  local versions
+  versions=$(.venv/bin/python -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in
+    ("pydantic", "pydantic_core", "annotated-types", "typing-inspection", "hjson", "deepspeed")))')
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" -d .whl ${versions% deepspeed==*}
+  DS_BUILD_OPS=0 .venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==${versions##*deepspeed==}"
+  cp ../shared/data/ppi-dscript/ecoli.fasta ../shared/data/ppi-dscript/ecoli_test.tsv .gpudata/
+  du -sh .whl .gpudata
+}
+
+run() {
+  local out=${1:?OUT folder}
+  local root=$PWD
+  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PROTPEFT_PPI_DATA=$root/.gpudata PROTPEFT_CACHE=/tmp/ppcache
+  mkdir -p "$out"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+  # protpeft installed, not imported from the checkout: its subpackages live in folders beside protpeft/
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/pp . >/dev/null
+  export PYTHONPATH=/tmp/pp:/tmp/site
+  mkdir -p /tmp/run && ln -sfn "$root/benchmarks" /tmp/run/benchmarks && cd /tmp/run
+  timeout 240 python3 -m benchmarks.bench_gpu --sections lora --out "$out" --profile 4 2>&1 | tee "$out/lora.log" || true
+  timeout 90 python3 -m pytest -q -p no:cacheprovider -c "$root/pyproject.toml" --rootdir "$root" \
+    "$root/tests/unit/test_cuda_paths.py" 2>&1 | tee "$out/pytest.log" || true
+  timeout 120 python3 -m benchmarks.bench_gpu --sections full --pairs 48 --out "$out" 2>&1 | tee "$out/full.log" || true
+}
+
+"$@"
