@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import ROOT, ecoli_or_exit, train_on, write_results
+from benchmarks.memory_probe import saved_for_backward, status_kib
 
 SHAPES = {"full": ("esm2_t30_150M_UR50D", 8), "quick": ("tiny", 2), "650M": ("esm2_t33_650M_UR50D", 8)}
 
@@ -222,41 +223,6 @@ def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
 # -- peak memory of one step, in a fresh process per way
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def saved_for_backward(step, layers: list[torch.nn.Module], k: int) -> dict[str, float]:
-    """MiB of activations autograd keeps for the backward of ``step()`` (distinct storages, parameters excluded),
-    split by where they were saved: encoder layers below k, layers k.., the rest (pooling, head, loss)."""
-    params = {p.untyped_storage().data_ptr() for layer in layers for p in layer.parameters()}
-    where = ["rest"]
-    seen: dict[int, tuple[str, int]] = {}
-
-    def enter(i: int):
-        return lambda *_: where.__setitem__(0, "below k" if i < k else "from k")
-
-    hooks = [layer.register_forward_pre_hook(enter(i)) for i, layer in enumerate(layers)]
-    hooks += [layers[-1].register_forward_hook(lambda *_: where.__setitem__(0, "rest"))]
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen.setdefault(storage.data_ptr(), (where[0], storage.nbytes()))
-        return tensor
-
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            step()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {part: sum(n for w, n in seen.values() if w == part) / 2**20 for part in ("below k", "from k", "rest")}
-
-
 def probe(args: argparse.Namespace) -> None:
     """One way in a fresh process: after a warm-up step, one training step on the longest batch; prints the
     process's resident memory before it, the process's peak (its high-water mark VmHWM over set-up and both
@@ -285,17 +251,17 @@ def probe(args: argparse.Namespace) -> None:
     step(shortest)  # one-time allocations (optimizer state, kernels) are not the step's working memory
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS: the rise is the step's own
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     saved = saved_for_backward(lambda: step(longest), layers, len(layers) - cfg.lora.last_layers)
     mib = lambda kib: kib / 1024  # noqa: E731
     print(json.dumps({
         "rss_before_step_mib": mib(before),
-        "step_rise_mib": mib(_status_kib("VmHWM") - before),
-        "peak_rss_mib": mib(max(peak, _status_kib("VmHWM"))),
-        "anon_after_mib": mib(_status_kib("RssAnon")),
-        "file_after_mib": mib(_status_kib("RssFile")),
+        "step_rise_mib": mib(status_kib("VmHWM") - before),
+        "peak_rss_mib": mib(max(peak, status_kib("VmHWM"))),
+        "anon_after_mib": mib(status_kib("RssAnon")),
+        "file_after_mib": mib(status_kib("RssFile")),
         "saved_for_backward_mib": saved,
         "frozen_prefix_weights_mapped_mib": mapped / 2**20,
     }))  # fmt: skip

@@ -8,6 +8,8 @@ import resource
 import time
 from pathlib import Path
 
+from benchmarks.memory_probe import status_kib
+
 
 class Gate:
     """File handshake with the parent: ``ready`` when the side can start, ``done-K`` after step K, and before step K
@@ -58,10 +60,7 @@ class GateLogger:
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_kib("VmRSS") / 1024 or float("nan")
 
 
 def peak_rss_mb() -> float:
