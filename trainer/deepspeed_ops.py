@@ -24,8 +24,8 @@ def use_environment_toolchain() -> None:
       activated);
     - in a virtual environment, its own extension cache (``TORCH_EXTENSIONS_DIR``, unless set): torch's default,
       ``~/.cache/torch_extensions``, is shared by all of a user's environments, and an op built against another
-      environment's torch headers is rebuilt, which in turn makes that environment rebuild its own (two checkouts
-      of this project on one machine did, in every DeepSpeed run of the test suite).
+      environment's torch headers is rebuilt, which in turn makes that environment rebuild its own (a second
+      checkout's environment on the machine made a test-suite run rebuild it mid-suite).
     """
     scripts = str(Path(sys.executable).parent)
     if (Path(scripts) / "ninja").is_file():
