@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -18,24 +19,45 @@ os.environ.update(
     RAY_USAGE_STATS_ENABLED="0",
 )
 
-_SERIAL_GROUPS = {"cluster": "shared-nothing-cluster", "integration": "local-ray"}
-"""Test folders whose tests run one after another on one pytest-xdist worker (``make test`` runs ``-n 2``): the
-cluster tests share one S3 server and cluster, the integration tests one local Ray instance and MLflow servers. The
-two groups overlap in time (both mostly wait on Ray's start-up), and the unit tests fill in around them."""
+CLUSTER_GROUP = "shared-nothing-cluster"
+"""The cluster tests (``tests/cluster``) share one S3 server and one multi-node cluster: one group."""
+LOCAL_RAY_GROUP = "local-ray"
+"""The integration test modules that ask for the session's local Ray instance (the ``ray_local`` fixture) share it:
+one group. Every other integration module (MLflow servers, Ray Serve, a token-auth cluster of its own) is a group of
+its own, so its module-scoped fixtures are built once, on whichever worker is free."""
+
+
+@functools.cache
+def _asks_for_local_ray(path: Path) -> bool:
+    return "ray_local" in path.read_text()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Schedule by :data:`_SERIAL_GROUPS` (one scope per group folder, one per unit test). Not xdist's ``loadgroup``:
-    it renames items through ``item._nodeid``, which pytest 9.2 no longer reads, so its groups silently split over
-    the workers (each then started its own cluster and Ray instance, and 2 cores ran four Ray clusters)."""
+    """Schedule the suite over ``make test``'s two pytest-xdist workers: the two groups above start first, one per
+    worker (together most of the suite's CPU time; the two cores are busy from the start), and the other integration
+    modules, then the unit tests, one by one, fill in wherever a group has ended. Collection order,
+    not xdist's largest-scope-first order, which would start a 15-test registry module before either group and queue
+    the second group behind it. Not xdist's ``loadgroup``: it renames items through ``item._nodeid``, which pytest
+    9.2 no longer reads, so its groups silently split over the workers (each then started its own cluster and Ray
+    instance, and 2 cores ran four Ray clusters)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
 
     class FolderGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             parts = nodeid.split("/")
-            return _SERIAL_GROUPS.get(parts[1], nodeid) if len(parts) > 2 and parts[0] == "tests" else nodeid
+            if len(parts) < 3 or parts[0] != "tests":
+                return nodeid
+            if parts[1] == "cluster":
+                return CLUSTER_GROUP
+            if parts[1] == "integration":
+                module = nodeid.split("::", 1)[0]
+                return LOCAL_RAY_GROUP if _asks_for_local_ray(root / module) else module
+            return nodeid
 
+    config.option.loadscopereorder = False
     return FolderGroups(config, log)
 
 
