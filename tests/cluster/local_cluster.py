@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings importable when run as a script
 
-from processes import PortBlock, ProcessGroup  # noqa: E402
+from processes import THROWAWAY_GRACE, PortBlock, ProcessGroup, stop_groups  # noqa: E402
 from ray_nodes import (  # noqa: E402
     RayNode,
     api_server_env,
@@ -136,11 +136,9 @@ class LocalCluster:
         self.nodes[name].group.kill()
 
     def stop(self) -> None:
-        """Stop the worker nodes, the head, the S3 server if this cluster started it (each by its process group),
-        then remove the root."""
-        for node in self.nodes.values():
-            node.group.stop()
-        self.head.group.stop()
+        """Stop the worker nodes and the head side by side, then the S3 server if this cluster started it (each by its
+        process group; see :data:`~processes.THROWAWAY_GRACE`), then remove the root."""
+        stop_groups([*(node.group for node in self.nodes.values()), self.head.group], THROWAWAY_GRACE)
         if self.owns_store:
             self.store.stop()
         shutil.rmtree(self.root, ignore_errors=True)

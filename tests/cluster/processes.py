@@ -27,6 +27,14 @@ PORT_RANGE = (20000, 28000)
 """Blocks are picked below Linux's ephemeral range (32768–60999), so outgoing connections never take them meanwhile,
 and below the ports protpeft's ``free_port`` hands out (28000–32767), so a node's worker port is never a port another
 test picked for its server."""
+THROWAWAY_GRACE = 3.0
+"""Seconds a throwaway server (a test cluster's node, its S3 server) gets between SIGTERM and SIGKILL: measured
+here, a worker node's raylet and runtime-env agent and SeaweedFS's ``weed server`` were all still up 10 s after
+SIGTERM (a graceful shutdown protects state these servers are about to lose anyway), so a 10 s grace only made each
+teardown ~20 s longer."""
+_BLOCK_CHOICE = random.SystemRandom()
+"""Not the ``random`` module: the tests' in-process training seeds it, and two workers seeded alike would try the
+same blocks in the same order (see ``protpeft.trainer.ray_cluster.free_port``)."""
 
 
 class PortBlock:
@@ -35,7 +43,7 @@ class PortBlock:
     def __init__(self, n: int, tries: int = 200) -> None:
         low, high = PORT_RANGE
         for _ in range(tries):
-            base = random.randrange(low, high - n)
+            base = _BLOCK_CHOICE.randrange(low, high - n)
             if all(port_is_free(p) for p in range(base, base + n)):
                 self._next, self._end = base, base + n
                 return
@@ -114,21 +122,7 @@ class ProcessGroup:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to the group, SIGKILL to what is left after ``grace`` seconds; reaps the leader."""
-        self.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while group_alive(self.pgid) and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(0.1)
-        if group_alive(self.pgid):
-            try:
-                os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while group_alive(self.pgid) and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(0.05)
-        self._reap()
+        stop_groups([self], grace)
 
     def kill(self) -> None:
         """SIGKILL to the whole group at once (a node lost, not shut down)."""
@@ -186,3 +180,25 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex((host, port)) == 0
+
+
+def stop_groups(groups: Sequence[ProcessGroup], grace: float = 10.0) -> None:
+    """SIGTERM to every group at once, SIGKILL to what is left of them after ``grace`` seconds, leaders reaped: a
+    cluster's nodes shut down side by side, not one grace period after another."""
+    for group in groups:
+        group.signal(signal.SIGTERM)
+    for sig, wait in ((None, grace), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            for group in groups:
+                if group_alive(group.pgid):
+                    try:
+                        os.killpg(group.pgid, sig)
+                    except ProcessLookupError:
+                        pass
+        deadline = time.monotonic() + wait
+        while any(group_alive(g.pgid) for g in groups) and time.monotonic() < deadline:
+            for group in groups:
+                group._reap()
+            time.sleep(0.05)
+    for group in groups:
+        group._reap()

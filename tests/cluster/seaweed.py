@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from processes import PortBlock, ProcessGroup, http_status, wait_until
+from processes import THROWAWAY_GRACE, PortBlock, ProcessGroup, http_status, wait_until
 
 S3_ACTIONS = ["Admin", "Read", "Write", "List", "Tagging"]
 """Admin is what lets the identity create buckets; without an identities file SeaweedFS refuses writes."""
@@ -116,7 +116,7 @@ class S3Store:
     root: Path
 
     def stop(self) -> None:
-        self.group.stop()
+        self.group.stop(THROWAWAY_GRACE)
 
     def to_json(self) -> dict:
         return {"group": self.group.to_json(), "settings": asdict(self.settings), "bucket": self.bucket,
