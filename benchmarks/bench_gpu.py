@@ -32,10 +32,10 @@ import torch
 
 from benchmarks.bench_prefix_cache import (
     SHAPES,
-    PlainLoop,
     computed_tokens,
     epoch,
     pairs_of,
+    plain_loop,
     protpeft_model,
     random_batches,
     result_row,
@@ -156,16 +156,16 @@ def lora_section(args, work: Path) -> dict:
     ways = Ways(args, cfg, data, tokens, lambda layers: layers + cfg.lora.last_layers)
     examples = data.splits["train"]
     bf16 = args.precision == "bf16"
-    loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, cfg.data.crop, cfg.optim.lr, args.device, bf16)
+    loop = plain_loop(cfg, "lora", args.device, bf16)
     off, collate, _ = protpeft_model(cfg, data, tokens, cache=False, device=args.device)
     on, _, fill = protpeft_model(cfg, data, tokens, cache=True, device=args.device)
     first = epoch(data, tokens, args.batch, 0)
     for b in random_batches(n, args.batch, 99):  # untimed: a GPU meets each batch shape once slowly (allocator
-        loop.step(pairs_of(data, b))  # blocks, kernel choices), and the timed ways should not pay for that
+        loop.step(*pairs_of(data, b))  # blocks, kernel choices), and the timed ways should not pay for that
     train_on(off, collate, examples, first)  # the shapes of the cache-on way's first epoch too
     filling = ways.row("protpeft, cache on (filling)", first, fill + train_on(on, collate, examples, first), 1)
     spec = {
-        "transformers + peft loop": ("loop", lambda bs: [loop.step(pairs_of(data, b)) for b in bs]),
+        "transformers + peft loop": ("loop", lambda bs: [loop.step(*pairs_of(data, b)) for b in bs]),
         "protpeft, cache off": ("bucketed", lambda bs: train_on(off, collate, examples, bs)),
         "protpeft, cache on": ("bucketed", lambda bs: train_on(on, collate, examples, bs)),
     }
@@ -209,18 +209,18 @@ def full_section(args, work: Path) -> dict:
         backbone = apply_mode(load_backbone(str(cfg.model.base)), "full", cfg.lora)
         return build_task_model(backbone, "ppi", "mean", 128, 0.1, tokens.special_ids)
 
-    loop = PlainLoop(str(cfg.model.base), None, cfg.data.crop, cfg.optim.lr, args.device, args.precision == "bf16")
+    loop = plain_loop(cfg, "full", args.device, args.precision == "bf16")
     local = LocalEngine(model(), cfg, 10**6, ctx)
     trained = model()
     before = {k: v.detach().clone() for k, v in trained.encoder.backbone.named_parameters()}
     ds = DeepSpeedEngine(trained, cfg, 10**6, ctx)
     for b in random_batches(n, args.batch, 99):  # untimed, as in the LoRA section
-        loop.step(pairs_of(data, b))
+        loop.step(*pairs_of(data, b))
     for engine in (local, ds):
         train_on(engine, collate, examples, epoch(data, tokens, args.batch, 0))
     ways = Ways(args, cfg, data, tokens, lambda layers: 3 * layers)
     spec = {
-        "transformers loop (full, AdamW)": ("loop", lambda bs: [loop.step(pairs_of(data, b)) for b in bs]),
+        "transformers loop (full, AdamW)": ("loop", lambda bs: [loop.step(*pairs_of(data, b)) for b in bs]),
         "protpeft full, plain engine": ("bucketed", lambda bs: train_on(local, collate, examples, bs)),
         f"protpeft full, DeepSpeed ZeRO-2 {args.precision}": (
             "bucketed",

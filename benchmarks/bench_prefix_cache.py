@@ -37,57 +37,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import ROOT, ecoli_or_exit, train_on, write_results
 from benchmarks.memory_probe import saved_for_backward, status_kib
 
 SHAPES = {"full": ("esm2_t30_150M_UR50D", 8), "quick": ("tiny", 2), "650M": ("esm2_t33_650M_UR50D", 8)}
-
-
-# -- the plain transformers + peft loop
-
-
-class PlainLoop:
-    """What a user writes: EsmModel + peft LoRA (``last_layers`` None: every weight trained), tokenizer(padding=True)
-    over both proteins, mean pool, head; on a GPU under bf16 autocast with fp32 weights, as protpeft's engine."""
-
-    def __init__(
-        self, base: str, last_layers: int | None, crop: int, lr: float, device: str = "cpu", bf16: bool = False
-    ) -> None:
-        import peft
-        from transformers import AutoTokenizer, EsmModel
-
-        torch.manual_seed(0)
-        esm = EsmModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True)
-        n = esm.config.num_hidden_layers
-        lora = peft.LoraConfig(
-            r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["key", "value"],
-            layers_to_transform=list(range(n - (last_layers or 0), n)),
-        )  # fmt: skip
-        self.model = (esm if last_layers is None else peft.get_peft_model(esm, lora)).to(device)
-        hidden = esm.config.hidden_size
-        self.head = torch.nn.Sequential(torch.nn.Linear(hidden, 128), torch.nn.Tanh(), torch.nn.Linear(128, 1))
-        self.head.to(device)
-        self.tokenizer, self.crop, self.device = AutoTokenizer.from_pretrained(base), crop, device
-        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-        params = [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=lr)
-
-    def step(self, pairs: list[tuple[str, str, float]]) -> None:
-        seqs = [a for a, _, _ in pairs] + [b for _, b, _ in pairs]
-        batch = self.tokenizer(seqs, padding=True, truncation=True, max_length=self.crop, return_tensors="pt")
-        batch = batch.to(self.device)
-        with self.autocast:
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-            pooled = pooled.view(2, len(pairs), -1).mean(0)
-            labels = torch.tensor([y for _, _, y in pairs], device=self.device)
-            loss = F.binary_cross_entropy_with_logits(self.head(pooled).squeeze(-1).float(), labels)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
 
 
 # -- protpeft's own pieces
@@ -179,45 +133,70 @@ def residues(data, batches: list[list[int]], crop: int) -> int:
 
 
 def computed_tokens(data, tokens, batches: list[list[int]], way: str, accelerator: bool = False) -> int:
-    """Tokens the encoder layers compute, padding and <cls>/<eos> included. The loop pads a batch's 2B proteins
-    to the longest of them; protpeft encodes each distinct protein once, longest first, in the calls the model makes
-    on this kind of device (:func:`~protpeft.models.classifier.encoder_calls`), each padded to its own longest."""
+    """Tokens the encoder layers compute, padding and <cls>/<eos> included (see :func:`encoded`)."""
+    return encoded(data, tokens, batches, way, accelerator)[0]
+
+
+def encoded(data, tokens, batches: list[list[int]], way: str, accelerator: bool = False) -> tuple[int, int]:
+    """``(tokens computed, residues among them)`` by the encoder layers, padding and <cls>/<eos> included in the
+    first. The loop pads a batch's 2B proteins to the longest of them; protpeft encodes each distinct protein once,
+    longest first, in the calls the model makes on this kind of device
+    (:func:`~protpeft.models.classifier.encoder_calls`), each padded to its own longest: a protein twice in a batch
+    is computed (and counted) once."""
     from protpeft.data.collate import member_inputs
     from protpeft.models.classifier import encoder_calls
 
-    examples, total = data.splits["train"], 0
+    examples, total, real = data.splits["train"], 0, 0
     for b in batches:
         columns = [[data.sequences[examples[i].members[m]] for i in b] for m in range(2)]
         if way == "loop":
             total += 2 * len(b) * max(tokens.length(s) for column in columns for s in column)
+            real += sum(tokens.length(s) - 2 for column in columns for s in column)
             continue
         mask = member_inputs(tokens, columns)["attention_mask"]
         for part in encoder_calls({"attention_mask": mask}, len(b), accelerator):
             total += mask[part].shape[0] * int(mask[part].sum(1).max())
-    return total
+        real += int(mask.sum()) - 2 * mask.shape[0]
+    return total, real
 
 
 def result_row(
     data, tokens, crop: int, way: str, batches, seconds: float, epoch_no, accelerator: bool = False
 ) -> dict:
-    """A table row: real residues per second of ``way`` (``loop`` in its name: the plain loop's padding)."""
+    """A table row: real residues per second of ``way`` (``loop`` in its name: the plain loop's padding). Real
+    residues are the task's (both proteins of every pair, cropped), the same for every way; the padding fraction is
+    of what the way computes (a protein twice in a batch is one row for protpeft, two for the loop)."""
     real = residues(data, batches, crop)
-    computed = computed_tokens(data, tokens, batches, "loop" if "loop" in way else "calls", accelerator)
+    computed, encoded_residues = encoded(data, tokens, batches, "loop" if "loop" in way else "calls", accelerator)
     return {
         "way": way,
         "epoch": epoch_no,
         "steps": len(batches),
         "real_residues": real,
-        "padding_fraction": 1 - real / computed,
+        "padding_fraction": 1 - encoded_residues / computed,
         "seconds": seconds,
         "residues_per_s": real / seconds,
     }
 
 
-def pairs_of(data, batch: list[int]) -> list[tuple[str, str, float]]:
-    examples = data.splits["train"]
-    return [(data.sequences[examples[i].members[0]], data.sequences[examples[i].members[1]], examples[i].target[0])
-            for i in batch]  # fmt: skip
+def pairs_of(data, batch: list[int]) -> tuple[list[str], list[str], list[float]]:
+    """The loop's arguments for a batch of training pairs: proteins A, proteins B, labels."""
+    examples = [data.splits["train"][i] for i in batch]
+    return (
+        [data.sequences[e.members[0]] for e in examples],
+        [data.sequences[e.members[1]] for e in examples],
+        [e.target[0] for e in examples],
+    )
+
+
+def plain_loop(cfg, mode: str = "lora", device: str = "cpu", bf16: bool = False):
+    """The peer of this benchmark: the plain loop with one tokenizer call over both proteins of every pair."""
+    from benchmarks.peer_loop import PeerLoop
+
+    return PeerLoop(
+        str(cfg.model.base), mode, last_layers=cfg.lora.last_layers, lr=cfg.optim.lr, max_length=cfg.data.crop,
+        one_call=True, device=device, bf16=bf16,
+    )  # fmt: skip
 
 
 # -- peak memory of one step, in a fresh process per way
@@ -237,9 +216,9 @@ def probe(args: argparse.Namespace) -> None:
     shortest, longest = sorted(batches, key=lambda b: computed_tokens(data, tokens, [b], "loop"))[:: len(batches) - 1]
     mapped = 0
     if args.probe == "loop":
-        loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, cfg.data.crop, cfg.optim.lr)
-        step = lambda b: loop.step(pairs_of(data, b))  # noqa: E731
-        backbone = loop.model
+        loop = plain_loop(cfg)
+        step = lambda b: loop.step(*pairs_of(data, b))  # noqa: E731
+        backbone = loop.backbone
     else:
         engine, collate, _ = protpeft_model(cfg, data, tokens, cache=args.probe == "cache on")
         step = lambda b: train_on(engine, collate, data.splits["train"], [b])  # noqa: E731
@@ -309,7 +288,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     n = len(data.splits["train"])
     crop = cfg.data.crop
     examples = data.splits["train"]
-    loop = PlainLoop(str(cfg.model.base), cfg.lora.last_layers, crop, cfg.optim.lr)
+    loop = plain_loop(cfg)
     off, collate, _ = protpeft_model(cfg, data, tokens, cache=False)
     on, _, fill = protpeft_model(cfg, data, tokens, cache=True)
 
@@ -317,7 +296,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         return result_row(data, tokens, crop, way, batches, seconds, epoch_no)
 
     warm = random_batches(n, args.batch, 99)[:1]  # one untimed step each: lazy allocations, kernels
-    loop.step(pairs_of(data, warm[0]))
+    loop.step(*pairs_of(data, warm[0]))
     for engine in (off, on):
         train_on(engine, collate, examples, warm)
     batches = epoch(data, tokens, args.batch, 0)
@@ -326,7 +305,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     def loop_epoch(batches: list[list[int]]) -> float:
         start = time.perf_counter()
         for b in batches:
-            loop.step(pairs_of(data, b))
+            loop.step(*pairs_of(data, b))
         return time.perf_counter() - start
 
     best: dict[str, dict] = {}

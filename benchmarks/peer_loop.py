@@ -1,10 +1,11 @@
 """The peer: the PPI training loop a user would write with transformers + peft and no framework.
 
 ``EsmModel`` (no pooler) → mean over the attention mask → the average of the two proteins' vectors → a small head;
-AdamW on whatever is trainable; the HF tokenizer with ``padding=True``, one backbone call per member, each padded to
-its own longest and cropped to 1024 tokens as protpeft crops. LoRA is peft's ``LoraConfig`` as protpeft's paper
-defaults set it; frozen runs the backbone under ``no_grad`` every step (a plain loop keeps no cache). Nothing here
-imports protpeft.
+AdamW on whatever is trainable; the HF tokenizer with ``padding=True``, cropped to 1024 tokens as protpeft crops.
+Either one backbone call per member, each padded to its own longest, or (``one_call``) one call over all 2B proteins
+of the batch, padded together. LoRA is peft's ``LoraConfig`` as protpeft's paper defaults set it; frozen runs the
+backbone under ``no_grad`` every step (a plain loop keeps no cache). On a GPU, ``bf16`` computes under autocast over
+fp32 weights, as protpeft's engine does. Nothing here imports protpeft.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ class PeerLoop:
         head_hidden: int = 128,
         lr: float = 1e-4,
         max_length: int = 1024,
+        one_call: bool = False,
+        device: str = "cpu",
+        bf16: bool = False,
         seed: int = 0,
     ) -> None:
         import peft
         from transformers import EsmModel, EsmTokenizer
 
         torch.manual_seed(seed)
-        self.max_length = max_length
+        self.max_length, self.one_call, self.device = max_length, one_call, device
         self.tokenizer = EsmTokenizer.from_pretrained(model_dir)
-        backbone = EsmModel.from_pretrained(model_dir, add_pooling_layer=False)
+        backbone = EsmModel.from_pretrained(model_dir, add_pooling_layer=False, use_safetensors=True)
         layers = backbone.config.num_hidden_layers
         if mode == "lora":
             config = peft.LoraConfig(
@@ -54,13 +58,14 @@ class PeerLoop:
         elif mode == "frozen":
             backbone.requires_grad_(False)
         self.frozen = mode == "frozen"
-        self.backbone = backbone.train(not self.frozen)
+        self.backbone = backbone.train(not self.frozen).to(device)
         hidden = backbone.config.hidden_size
         self.head = nn.Sequential(
             nn.Dropout(head_dropout), nn.Linear(hidden, head_hidden), nn.Tanh(), nn.Dropout(head_dropout),
             nn.Linear(head_hidden, 1),
-        )  # fmt: skip
-        params = [p for p in [*backbone.parameters(), *self.head.parameters()] if p.requires_grad]
+        ).to(device)  # fmt: skip
+        self.autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+        params = [p for p in [*self.backbone.parameters(), *self.head.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr)
 
     def padded_tokens(self, sequences: Sequence[str]) -> int:
@@ -70,17 +75,24 @@ class PeerLoop:
     def embed(self, sequences: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(
             list(sequences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        ).to(self.device)
         hidden = self.backbone(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1)
 
+    def pair_vectors(self, seqs_a: Sequence[str], seqs_b: Sequence[str]) -> torch.Tensor:
+        if self.one_call:
+            return self.embed([*seqs_a, *seqs_b]).view(2, len(seqs_a), -1).mean(0)
+        return (self.embed(seqs_a) + self.embed(seqs_b)) / 2
+
     def step(self, seqs_a: Sequence[str], seqs_b: Sequence[str], labels: Sequence[float]) -> float:
         start = time.perf_counter()
-        with torch.no_grad() if self.frozen else torch.enable_grad():
-            pair = (self.embed(seqs_a) + self.embed(seqs_b)) / 2
-        logits = self.head(pair).squeeze(-1)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels, dtype=torch.float32))
+        with self.autocast:
+            with torch.no_grad() if self.frozen else torch.enable_grad():
+                pair = self.pair_vectors(seqs_a, seqs_b)
+            logits = self.head(pair).squeeze(-1).float()
+            target = torch.tensor(labels, dtype=torch.float32, device=self.device)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
