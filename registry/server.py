@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protpeft.process_groups import group_alive
+
 from . import store
 from .refs import RegistryError
 
@@ -84,7 +86,7 @@ class MlflowServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after ``timeout`` seconds."""
-        if self.process.poll() is not None and not _group_alive(self.process.pid):
+        if self.process.poll() is not None and not group_alive(self.process.pid):
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
@@ -92,10 +94,10 @@ class MlflowServer:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(self.process.pid):
+            while time.monotonic() < deadline and group_alive(self.process.pid):
                 self.process.poll()
                 time.sleep(0.1)
-            if not _group_alive(self.process.pid):
+            if not group_alive(self.process.pid):
                 break
         self.process.poll()
 
@@ -104,29 +106,6 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie leader still "exists"; the group is alive only if some member is not a zombie
-    return any(_in_group_running(pid, pgid) for pid in _pids())
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _in_group_running(pid: int, pgid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z" and int(fields[2]) == pgid  # state, ppid, pgrp
 
 
 def start_server(

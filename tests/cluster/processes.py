@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from protpeft.process_groups import group_alive
 from protpeft.trainer.ray_cluster import port_is_free
 
 PORT_RANGE = (20000, 28000)
@@ -67,16 +68,6 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     return int(fields[19])
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

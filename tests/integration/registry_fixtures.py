@@ -32,7 +32,8 @@ def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(store_template: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``mlflow server`` (SQLite backend, proxied artefacts) on 127.0.0.1, stopped as a process group."""
-    from protpeft.registry.server import _group_alive, start_server
+    from protpeft.process_groups import group_alive
+    from protpeft.registry.server import start_server
 
     root = tmp_path_factory.mktemp("mlflow-server")
     shutil.copy(store_template, root / "mlflow.db")
@@ -43,7 +44,7 @@ def mlflow_server(store_template: Path, tmp_path_factory: pytest.TempPathFactory
         yield server
     finally:
         server.stop()
-    assert not _group_alive(server.process.pid), "mlflow server processes survived stop()"
+    assert not group_alive(server.process.pid), "mlflow server processes survived stop()"
 
 
 @pytest.fixture
