@@ -2,7 +2,7 @@
 # The GPU checks on a lent machine that has torch, transformers and peft but no package index, Ray, MLflow,
 # DeepSpeed or pydantic (the H200 image of 2026-12): how benchmarks/RESULTS.md was measured.
 #
-#   bash benchmarks/gpu_device.sh prepare   # here, with the venv and ../shared: wheels to .whl/, data to .gpudata/
+#   bash benchmarks/gpu_device.sh prepare   # here, with the venv and ../shared: wheels to .whl/, data to .gpudata/ (both gitignored)
 #   bash benchmarks/gpu_device.sh run OUT   # there, in the checkout's copy (carry .whl and .gpudata): writes OUT/
 #
 # Ray's wheel (79 MB) is too large to carry in one call (64 MiB), so nothing here goes through Ray.
@@ -10,8 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prepare() {
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
-  grep -qx '/.gpudata/' .git/info/exclude 2>/dev/null || echo '/.gpudata/' >>.git/info/exclude
   mkdir -p .whl .gpudata
   local platforms=(--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
   local versions

@@ -1,11 +1,14 @@
-"""Whether a process group still runs: what every "stop the servers I started, by their group" loop asks."""
+"""Whether a process group still runs, and waiting until it does not: what every "stop the servers I started, by
+their group" loop asks."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["group_alive"]
+__all__ = ["group_alive", "wait_groups_gone"]
 
 
 def group_alive(pgid: int) -> bool:
@@ -26,3 +29,17 @@ def _runs_in_group(pid: int, pgid: int) -> bool:
     except (OSError, IndexError):
         return False
     return fields[0] != "Z" and int(fields[2]) == pgid  # state, ppid, pgrp
+
+
+def wait_groups_gone(
+    pgids: Sequence[int], seconds: float, reap: Callable[[], object] = lambda: None, every: float = 0.05
+) -> bool:
+    """Wait up to ``seconds`` until none of the groups runs, calling ``reap`` between looks (a parent polls its own
+    children there, so an exited leader does not stay a zombie); whether they are all gone."""
+    deadline = time.monotonic() + seconds
+    while any(group_alive(pgid) for pgid in pgids):
+        if time.monotonic() >= deadline:
+            return False
+        reap()
+        time.sleep(every)
+    return True

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protpeft.process_groups import group_alive
+from protpeft.process_groups import group_alive, wait_groups_gone
 
 from . import store
 from .refs import RegistryError
@@ -93,11 +93,7 @@ class MlflowServer:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and group_alive(self.process.pid):
-                self.process.poll()
-                time.sleep(0.1)
-            if not group_alive(self.process.pid):
+            if wait_groups_gone([self.process.pid], wait, self.process.poll, every=0.1):
                 break
         self.process.poll()
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from protpeft.process_groups import group_alive
+from protpeft.process_groups import group_alive, wait_groups_gone
 from protpeft.trainer.ray_cluster import port_is_free
 
 PORT_RANGE = (20000, 28000)
@@ -118,10 +118,7 @@ class ProcessGroup:
     def kill(self) -> None:
         """SIGKILL to the whole group at once (a node lost, not shut down)."""
         self.signal(signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while group_alive(self.pgid) and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(0.05)
+        wait_groups_gone([self.pgid], 5.0, self._reap)
 
     def _reap(self) -> None:
         if self.popen is not None:
@@ -176,20 +173,20 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def stop_groups(groups: Sequence[ProcessGroup], grace: float = 10.0) -> None:
     """SIGTERM to every group at once, SIGKILL to what is left of them after ``grace`` seconds, leaders reaped: a
     cluster's nodes shut down side by side, not one grace period after another."""
+    pgids = [group.pgid for group in groups]
+
+    def reap() -> None:
+        for group in groups:
+            group._reap()
+
     for group in groups:
         group.signal(signal.SIGTERM)
-    for sig, wait in ((None, grace), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            for group in groups:
-                if group_alive(group.pgid):
-                    try:
-                        os.killpg(group.pgid, sig)
-                    except ProcessLookupError:
-                        pass
-        deadline = time.monotonic() + wait
-        while any(group_alive(g.pgid) for g in groups) and time.monotonic() < deadline:
-            for group in groups:
-                group._reap()
-            time.sleep(0.05)
-    for group in groups:
-        group._reap()
+    if not wait_groups_gone(pgids, grace, reap):
+        for pgid in pgids:
+            if group_alive(pgid):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wait_groups_gone(pgids, 5.0, reap)
+    reap()
