@@ -1,115 +1,37 @@
 """Fault tolerance and resume through Ray Train.
 
-- A training worker process is SIGKILLed mid-run: Ray restarts the worker group from the last registered
-  checkpoint (``FailureConfig(max_failures=1)``), the run ends at the right step, and at most one checkpoint
-  interval of steps is trained twice.
 - Full fine-tuning with 2 workers through DeepSpeed ZeRO-2 (grad accumulation 2, clipping), stopped by a crash
   (``max_failures=0``), continues with ``protpeft train --resume RUN`` from its saved step and follows the loss
   curve of an uninterrupted run of the data-parallel twin (1 process, batch 2b) within 1e-4 (measured gap ~1e-5;
   see ``test_ray_train.py`` for the tolerance's reasoning).
+- A training worker process SIGKILLed mid-run, with Ray restarting the worker group from the last checkpoint
+  (``FailureConfig(max_failures=1)``), is checked in ``test_ray_train.py``'s LoRA twin run (one Ray launch less).
 
-The kill comes from the rank-0 worker itself (:class:`KillOnce` wraps the worker function), at a chosen step, once
-per marker file.
+The kill comes from the rank-0 worker itself (:class:`~kill_once.KillOnce` wraps the worker function), at a chosen
+step, once per marker file.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from kill_once import KillOnce, ship_by_value
 
 pytestmark = pytest.mark.integration
 
 
-class KillOnce:
-    """A worker function: :func:`~protpeft.trainer.ray_worker.train_worker` whose rank-0 worker records each
-    training step it logs as ``pid step`` and SIGKILLs its own process the first time it logs step ``at`` (once
-    per marker file). It travels to the workers by value (this module is not importable there)."""
-
-    def __init__(self, at: int, marker: Path, trail: Path) -> None:
-        self.at, self.marker, self.trail = at, Path(marker), Path(trail)
-
-    def __call__(self, config: dict) -> None:
-        from protpeft.trainer import ray_worker
-
-        ray_worker.train_worker(config, watcher=self)
-
-    def log_config(self, config: dict) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if "train_loss" in metrics:
-            self.saw(step)
-
-    def saw(self, step: int) -> None:
-        with self.trail.open("a") as fh:
-            fh.write(f"{os.getpid()} {step}\n")
-        if step == self.at and not self.marker.exists():
-            self.marker.write_text(str(step))
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def segments(self) -> list[list[int]]:
-        """The steps each worker process trained, in order of process start."""
-        by_pid: dict[str, list[int]] = {}
-        for line in self.trail.read_text().splitlines():
-            pid, step = line.split()
-            by_pid.setdefault(pid, []).append(int(step))
-        return list(by_pid.values())
-
-
 @pytest.fixture(autouse=True)
-def _ship_this_module_by_value() -> None:
-    """Ray workers cannot import test modules; KillOnce travels by value."""
-    from ray import cloudpickle  # Ray's own copy decides how functions and classes travel
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+def _ship_kill_once_by_value() -> None:
+    ship_by_value()
 
 
 def train_losses(run_dir: str | Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
-
-
-def test_killed_worker_restarts_from_last_checkpoint(ray_local, make_config, tmp_path: Path) -> None:
-    from protpeft.trainer.ray_launch import launch_training
-
-    steps, every, kill_at = 6, 2, 5
-    cfg = make_config(
-        "ppi",
-        "lora",
-        f"optim.max_steps={steps}",
-        f"engine.checkpoint_every={every}",
-        f"engine.eval_every={every}",
-        "engine.log_every=1",
-        "optim.batch_size=4",
-        "engine.workers=2",
-        "engine.max_failures=1",
-        name="fault",
-        small=True,
-    )
-    killer = KillOnce(kill_at, tmp_path / "killed", tmp_path / "trail")
-    summary = launch_training(cfg, worker=killer)
-
-    assert (tmp_path / "killed").read_text() == str(kill_at)  # the kill happened
-    before, after = killer.segments()  # two worker groups: the killed one and its replacement
-    assert before == list(range(1, kill_at + 1))
-    resumed_from = after[0] - 1
-    assert resumed_from % every == 0 and resumed_from < kill_at  # restarted from a checkpoint
-    assert kill_at - resumed_from <= every  # at most one checkpoint interval trained twice
-    assert after == list(range(resumed_from + 1, steps + 1))
-    assert summary["steps"] == steps
-    assert Path(summary["checkpoint"]).name == "artifact"  # the last checkpoint: the published artefact
-    # the run directory's log continues across the restart without gaps
-    assert [s for s, _ in train_losses(summary["run_dir"])] == [
-        *range(1, kill_at),
-        *range(resumed_from + 1, steps + 1),
-    ]
 
 
 def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(

@@ -1,5 +1,6 @@
 """Ray Tune searches over Ray Train trials: nested MLflow runs, ASHA, the best registered, the report matching the
-trials; an interrupted experiment resumed without rerunning finished trials; a frozen search embedding once."""
+trials; an interrupted frozen-mode search resumed without rerunning finished trials, embedding each sequence once for
+the whole search (one test: each Tune trial costs ~30 CPU-seconds of Ray start-up on the 2-core CI)."""
 
 from __future__ import annotations
 
@@ -116,13 +117,21 @@ def test_random_search_with_asha_nests_runs_registers_best_and_reports(
     assert (result.report.parent / "report.html").is_file()
 
 
-def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
+def test_interrupted_frozen_search_resumes_without_rerunning_finished_trials_and_embeds_once(
     ray_local, tiny_model: Path, small_ppi: dict, sqlite_store: str, tmp_path: Path
 ) -> None:
-    """A user's Ctrl+C on `protpeft tune`, then `protpeft tune --resume EXPERIMENT`."""
+    """A user's Ctrl+C on `protpeft tune`, then `protpeft tune --resume EXPERIMENT`: the finished trial is not run
+    again, the interrupted one continues. The search is over head hyperparameters in frozen mode, so it also shows
+    the embedding cache shared by the whole search: one trial embeds every sequence, the other (in both of its
+    attempts) reads them."""
+    from protpeft.config import load_config
+    from protpeft.data.datasets import load_task_data
+
+    cache = tmp_path / "embeddings"
     path = write_tune_file(
         tmp_path / "resume.yaml", tiny_model, small_ppi,
-        config={"optim": {"max_steps": 16}, "engine": {"eval_every": 4, "checkpoint_every": 4}},
+        config={"mode": "frozen", "data": {"cache_dir": str(cache)}, "optim": {"max_steps": 16},
+                "engine": {"eval_every": 4, "checkpoint_every": 4}},
         search={"algorithm": "grid", "max_concurrent": 1},
         space={"optim.lr": {"grid": [1e-3, 1e-2]}},
     )  # fmt: skip
@@ -166,6 +175,13 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(
     assert all(t["steps"] == 16 for t in after["trials"])
     assert (exp_dir / "report" / "report.md").is_file()
 
+    # -- each sequence embedded once for the whole search: one trial embedded all, the other read the cache
+    cfg = load_config(None, ["task=ppi", f"data.pairs={small_ppi['pairs']}",
+                             f"data.sequences={small_ppi['sequences']}"])  # fmt: skip
+    unique = len(set(load_task_data(cfg.task, cfg.data).sequences.values()))
+    embedded = [t["embedded_sequences"] for t in after["trials"]]
+    assert sorted(embedded) == [0, unique], embedded
+
 
 def _assert_no_placement_group_outlives_its_job(timeout: float = 20) -> None:
     """Every placement group of the drivers that ended (all jobs but this test's) is removed: a leaked one keeps
@@ -182,24 +198,3 @@ def _assert_no_placement_group_outlives_its_job(timeout: float = 20) -> None:
             return
         assert time.monotonic() < deadline, f"placement groups of ended jobs still held: {held}"
         time.sleep(0.5)
-
-
-def test_frozen_search_embeds_each_sequence_once(ray_local, tiny_model: Path, small_ppi: dict, tmp_path: Path) -> None:
-    from protpeft.config import load_config
-    from protpeft.data.datasets import load_task_data
-    from protpeft.tune import run_search
-
-    cache = tmp_path / "embeddings"
-    path = write_tune_file(
-        tmp_path / "heads.yaml", tiny_model, small_ppi,
-        config={"mode": "frozen", "data": {"cache_dir": str(cache)}, "tracking": {"mlflow": False}},
-        search={"algorithm": "random", "num_samples": 2, "max_concurrent": 2},  # both embed at once: one waits
-        space={"model.head_hidden": {"choice": [16, 64, 128]}, "optim.lr": {"loguniform": [1e-3, 3e-2]}},
-    )  # fmt: skip
-    result = run_search(path, report=False)
-    assert [t["state"] for t in result.trials] == ["FINISHED"] * 2
-    cfg = load_config(None, ["task=ppi", f"data.pairs={small_ppi['pairs']}",
-                             f"data.sequences={small_ppi['sequences']}"])  # fmt: skip
-    unique = len(set(load_task_data(cfg.task, cfg.data).sequences.values()))
-    embedded = [t["embedded_sequences"] for t in result.trials]
-    assert sorted(embedded) == [0, unique], embedded  # one trial embedded everything, the other read the cache
