@@ -25,6 +25,9 @@ LOCAL_RAY_GROUP = "local-ray"
 """The integration test modules that ask for the session's local Ray instance (the ``ray_local`` fixture) share it:
 one group. Every other integration module (MLflow servers, Ray Serve, a token-auth cluster of its own) is a group of
 its own, so its module-scoped fixtures are built once, on whichever worker is free."""
+FIRST_UNIT_MODULE = "tests/unit/test_training.py"
+"""The unit module that trains (six in-process runs, shared by its tests): first among the unit modules, so that it
+starts while other modules can still fill the other worker, never last on one worker."""
 
 
 @functools.cache
@@ -36,7 +39,9 @@ def _asks_for_local_ray(path: Path) -> bool:
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Schedule the suite over ``make test``'s two pytest-xdist workers: the two groups above start first, one per
     worker (together most of the suite's CPU time; the two cores are busy from the start), and the other integration
-    modules, then the unit tests, one by one, fill in wherever a group has ended. Collection order,
+    modules, then the unit modules, fill in wherever a group has ended. A module goes to one worker whole: its
+    module-scoped fixtures and per-process caches (the trained runs of ``test_training.py``, ~45 s of training) are
+    then built once, where spreading its tests had built them on both workers. Collection order,
     not xdist's largest-scope-first order, which would start a 15-test registry module before either group and queue
     the second group behind it. Not xdist's ``loadgroup``: it renames items through ``item._nodeid``, which pytest
     9.2 no longer reads, so its groups silently split over the workers (each then started its own cluster and Ray
@@ -55,10 +60,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             if parts[1] == "integration":
                 module = nodeid.split("::", 1)[0]
                 return LOCAL_RAY_GROUP if _asks_for_local_ray(root / module) else module
-            return nodeid
+            return nodeid.split("::", 1)[0]
 
     config.option.loadscopereorder = False
     return FolderGroups(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move :data:`FIRST_UNIT_MODULE` before the other unit modules (the order scopes are handed out in)."""
+    first = [item for item in items if item.nodeid.startswith(FIRST_UNIT_MODULE + "::")]
+    if not first:
+        return
+    rest = [item for item in items if not item.nodeid.startswith(FIRST_UNIT_MODULE + "::")]
+    at = next((i for i, item in enumerate(rest) if item.nodeid.startswith("tests/unit/")), len(rest))
+    items[:] = rest[:at] + first + rest[at:]
 
 
 def pytest_configure(config: pytest.Config) -> None:
