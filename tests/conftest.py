@@ -23,8 +23,8 @@ CLUSTER_GROUP = "shared-nothing-cluster"
 """The cluster tests (``tests/cluster``) share one S3 server and one multi-node cluster: one group."""
 LOCAL_RAY_GROUP = "local-ray"
 """The integration test modules that ask for the session's local Ray instance (the ``ray_local`` fixture) share it:
-one group. Every other integration module (MLflow servers, Ray Serve, a token-auth cluster of its own) is a group of
-its own, so its module-scoped fixtures are built once, on whichever worker is free."""
+one group. Every other integration module (MLflow servers, Ray Serve, `mlflow models serve`) is a group of its
+own, so its module-scoped fixtures are built once, on whichever worker is free."""
 FIRST_UNIT_MODULE = "tests/unit/test_training.py"
 """The unit module that trains (six in-process runs, shared by its tests): first among the unit modules, so that it
 starts while other modules can still fill the other worker, never last on one worker."""
