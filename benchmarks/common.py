@@ -57,12 +57,12 @@ def ecoli_ppi_config(*overrides: str) -> RunConfig:
 def train_on(engine, collate, examples: list, batches: list[list[int]]) -> float:
     """One optimizer step per batch (indices into ``examples``), on the engine's device as the loop moves it; the
     seconds it took (on a GPU, until its queued work has finished)."""
-    from protpeft.trainer.loop import _loss, _to_device
+    from protpeft.trainer.loop import train_on_batch
 
     device = engine.ctx.device
     start = time.perf_counter()
     for batch in batches:
-        engine.backward(_loss(engine, _to_device(collate([examples[i] for i in batch]), device)), True)
+        train_on_batch(engine, collate([examples[i] for i in batch]), device, boundary=True)
         engine.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

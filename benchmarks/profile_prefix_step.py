@@ -79,20 +79,19 @@ def timed_step(engine, collate, examples: list, clock: Clock) -> None:
 
 def bare_suffix(engine, collate, examples: list, clock: Clock) -> tuple[int, int]:
     """The suffix alone on the calls the encoder makes, forward + backward of a sum; (tokens computed, real)."""
-    from protpeft.models.classifier import encoder_calls
+    from protpeft.models.classifier import encoder_calls, trim_padding
 
     encoder = engine.model.encoder
     inputs = collate(examples)["inputs"]
-    calls = [
-        encoder.cached_input(inputs["input_ids"][part], inputs["attention_mask"][part])
-        for part in encoder_calls({"attention_mask": inputs["attention_mask"]}, len(examples))
-    ]
+    tokens = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    parts = [trim_padding({k: v[part] for k, v in tokens.items()}) for part in encoder_calls(tokens, len(examples))]
+    calls = [(encoder.cached_input(**part), part["attention_mask"]) for part in parts]
     clock.start()
-    total = sum(encoder.suffix(inputs_embeds=h, attention_mask=m).last_hidden_state.sum() for h, _, m in calls)
+    total = sum(encoder.suffix(inputs_embeds=h, attention_mask=m).last_hidden_state.sum() for h, m in calls)
     total.backward()
     clock.tick("bare suffix fwd+bwd")
     engine.optimizer.zero_grad(set_to_none=True)
-    return sum(m.numel() for _, _, m in calls), int(inputs["attention_mask"].sum())
+    return sum(m.numel() for _, m in calls), int(inputs["attention_mask"].sum())
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from protpeft.trainer.checkpoints import Reporter, TrainState, save_state
 from protpeft.trainer.context import WorkerContext
 from protpeft.trainer.engines import Engine
 
-__all__ = ["LoopPlan", "LoopData", "evaluate", "fit", "plan_steps"]
+__all__ = ["LoopPlan", "LoopData", "evaluate", "fit", "plan_steps", "train_on_batch"]
 
 
 @dataclass
@@ -107,6 +107,15 @@ def _loss(engine: Engine, batch: dict[str, Any]) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
 
 
+def train_on_batch(engine: Engine, collated: dict[str, Any], device: torch.device, boundary: bool) -> torch.Tensor:
+    """Forward and backward of one collated micro-batch; its loss, detached and still on ``device``. Nothing is
+    read back from the device here: on an accelerator the host can queue the next batch while this one computes
+    (the loop reads the losses once per logging window)."""
+    loss = _loss(engine, _to_device(collated, device))
+    engine.backward(loss, boundary=boundary)
+    return loss.detach()
+
+
 @torch.no_grad()
 def evaluate(engine: Engine, data: LoopData, split: str, plan: LoopPlan, ctx: WorkerContext) -> dict[str, float]:
     """Metrics of ``split`` over all workers, prefixed ``<split>_``. Every worker runs the same number of forward
@@ -124,8 +133,8 @@ def evaluate(engine: Engine, data: LoopData, split: str, plan: LoopPlan, ctx: Wo
         drop_last=False,
     )
     mine_idx: list[int] = []
-    mine_probs: list[np.ndarray] = []
-    loss_sum = 0.0
+    mine_probs: list[torch.Tensor] = []  # on the device until the end: one read back, not one per batch
+    mine_losses: list[torch.Tensor] = []
     for global_batch in batches:
         idx = shard_batch(global_batch, ctx.rank, ctx.world_size)
         batch = _to_device(data.collate([examples[i] for i in (idx or global_batch[:1])]), ctx.device)
@@ -133,11 +142,13 @@ def evaluate(engine: Engine, data: LoopData, split: str, plan: LoopPlan, ctx: Wo
             logits = engine.model(**batch["inputs"]).float()
         if not idx:
             continue
-        loss_sum += float(F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="sum"))
+        mine_losses.append(F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="sum"))
         mine_idx.extend(idx)
-        mine_probs.append(torch.sigmoid(logits).cpu().numpy())
+        mine_probs.append(torch.sigmoid(logits))
     engine.model.train()
-    gathered = ctx.all_gather_object((mine_idx, np.concatenate(mine_probs) if mine_probs else None, loss_sum))
+    mine = torch.cat(mine_probs).cpu().numpy() if mine_probs else None
+    loss_sum = float(torch.stack(mine_losses).double().sum()) if mine_losses else 0.0
+    gathered = ctx.all_gather_object((mine_idx, mine, loss_sum))
     probs = np.zeros((len(examples), len(data.label_names)), dtype=np.float64)
     for idx, part, _ in gathered:
         if part is not None:
@@ -163,7 +174,7 @@ def fit(
     train = data.splits["train"]
     usable = plan.steps_per_epoch * plan.grad_accum  # micro-batches per epoch; the tail of an epoch is dropped
     engine.model.train()
-    window: list[float] = []
+    window: list[torch.Tensor] = []
     window_start = time.perf_counter()
     window_examples = 0
     while state.step < plan.total_steps:
@@ -178,10 +189,8 @@ def fit(
         for i in range(state.batch_in_epoch, usable):
             # -- forward / backward on this worker's share of global batch i
             idx = shard_batch(batches[i], ctx.rank, ctx.world_size)
-            batch = _to_device(data.collate([train[j] for j in idx]), ctx.device)
-            loss = _loss(engine, batch)
-            engine.backward(loss, boundary=(i + 1) % plan.grad_accum == 0)
-            window.append(float(loss.detach()))
+            collated = data.collate([train[j] for j in idx])
+            window.append(train_on_batch(engine, collated, ctx.device, boundary=(i + 1) % plan.grad_accum == 0))
             window_examples += len(batches[i])
             if (i + 1) % plan.grad_accum:
                 continue
@@ -198,7 +207,7 @@ def fit(
                 elapsed = time.perf_counter() - window_start
                 logger.log_metrics(
                     {
-                        "train_loss": ctx.mean(float(np.mean(window))),
+                        "train_loss": ctx.mean(float(torch.stack(window).double().mean())),
                         "lr": engine.lr(),
                         "examples_per_s": window_examples / max(elapsed, 1e-9),
                         "epoch": state.epoch,

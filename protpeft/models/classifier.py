@@ -82,13 +82,15 @@ def encoder_calls(inputs: Mapping[str, torch.Tensor], examples: int, accelerator
     return call_slices(lengths, examples, CPU_CALL_COST_TOKENS)
 
 
-def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded rows without the columns that are padding in every row. Every encoder trims the same way: the
-    shapes decide how much randomness dropout draws, so two encoders that agree without dropout agree with it."""
-    width = int(attention_mask.sum(1).max())
-    if width < input_ids.shape[1]:
-        return input_ids[:, :width], attention_mask[:, :width]
-    return input_ids, attention_mask
+def trim_padding(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Right-padded token rows without the columns that are padding in every row (a call of short rows cut from a
+    batch padded to a longer one). It reads the widths back, so only CPU calls use it: an accelerator's batch is
+    one call, already padded to its longest row by the collate."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return dict(inputs)
+    width = int(mask.sum(1).max())
+    return {k: v[:, :width] if v.ndim > 1 and width < v.shape[1] else v for k, v in inputs.items()}
 
 
 def pool_hidden_states(
@@ -123,9 +125,7 @@ class ProteinEncoder(nn.Module):
         return self.backbone.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Right-padded rows; columns that are padding in every row are dropped first (a call of short rows cut
-        from a batch padded to a longer one)."""
-        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
+        """Right-padded rows, as :meth:`TokenEncoder.batch` pads them (to the longest)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(hidden, input_ids, attention_mask, self.pooling, self.special_ids)
 
@@ -181,8 +181,11 @@ class ProteinClassifier(nn.Module):
     def embed(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         rows = next(iter(inputs.values())).shape[0]
         calls = [slice(0, rows)] if self.one_call else encoder_calls(inputs, index.numel() // self.members)
-        parts = [self.encoder(**{k: v[part] for k, v in inputs.items()}) for part in calls]
-        pooled = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(calls) == 1:  # the whole batch, as collated: nothing to slice or trim, nothing read back
+            pooled = self.encoder(**inputs)
+        else:  # every encoder sees the same shapes: dropout draws the same randomness in all of them
+            parts = [trim_padding({k: v[part] for k, v in inputs.items()}) for part in calls]
+            pooled = torch.cat([self.encoder(**part) for part in parts])
         return pooled[index].view(self.members, -1, pooled.shape[-1]).mean(0)
 
     def forward(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:

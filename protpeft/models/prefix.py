@@ -28,9 +28,17 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from protpeft.models.classifier import pool_hidden_states, trim_padding
+from protpeft.models.classifier import pool_hidden_states
 
-__all__ = ["PrefixEncoder", "count_prefix_rows", "esm_model", "prefix_forward", "prefix_split", "row_key"]
+__all__ = [
+    "PrefixEncoder",
+    "count_prefix_rows",
+    "esm_model",
+    "padded_states",
+    "prefix_forward",
+    "prefix_split",
+    "row_key",
+]
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -99,11 +107,33 @@ def row_key(ids: torch.Tensor) -> bytes:
 
 
 @torch.no_grad()
-def prefix_forward(prefix: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-    """The prefix's output for each row, unpadded: a list of (length_i, H) tensors."""
+def prefix_forward(
+    prefix: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: Sequence[int] | None = None
+) -> list[torch.Tensor]:
+    """The prefix's output for each row, unpadded: a list of (length_i, H) tensors (``lengths``: the rows' real
+    lengths where the caller knows them, so nothing is read back from the device)."""
     hidden = prefix(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    lengths = attention_mask.sum(-1).tolist()
+    if lengths is None:
+        lengths = attention_mask.sum(-1).tolist()
     return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+
+def padded_states(
+    states: Sequence[torch.Tensor], lengths: Sequence[int], width: int, device: torch.device
+) -> torch.Tensor:
+    """(N, width, H) on ``device``: row i holds ``states[i]`` (its first ``lengths[i]`` positions), zeros after.
+    States the cache returns live on the host: they are assembled there (in page-locked memory for a GPU) and go to
+    the device in one copy, not one per row."""
+    state = states[0]
+    on_host = all(s.device.type == "cpu" for s in states)
+    where = torch.device("cpu") if on_host else device
+    hidden = torch.zeros(
+        (len(states), width, state.shape[-1]), dtype=state.dtype, device=where,
+        pin_memory=on_host and device.type == "cuda",
+    )  # fmt: skip
+    for i, (s, n) in enumerate(zip(states, lengths, strict=True)):
+        hidden[i, :n] = s.to(where)
+    return hidden.to(device, non_blocking=True)
 
 
 class PrefixEncoder(nn.Module):
@@ -158,25 +188,25 @@ class PrefixEncoder(nn.Module):
             return 0
         return self.map_frozen(params)
 
-    def cached_input(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(states entering layer k, input_ids, attention_mask)`` of a call, all-padding columns trimmed: each
-        row's states read from the cache (or computed where it has none), padded with zeros."""
-        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
-        lengths = attention_mask.sum(-1).tolist()
-        keys = [row_key(input_ids[i, :n]) for i, n in enumerate(lengths)]
+    def cached_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The states entering layer k of a call's rows: read from the cache (or computed where it has none),
+        padded with zeros to the call's width. The rows' keys need their token ids on the host: one copy back
+        from an accelerator (of ids and mask together), not one per row."""
+        if input_ids.device.type == "cpu":
+            ids, mask = input_ids, attention_mask
+        else:
+            ids, mask = torch.stack((input_ids, attention_mask)).cpu()
+        lengths = mask.sum(-1).tolist()
+        keys = [row_key(ids[i, :n]) for i, n in enumerate(lengths)]
 
         def compute(rows: list[int]) -> list[torch.Tensor]:
-            return prefix_forward(self.prefix, input_ids[rows], attention_mask[rows])
+            return prefix_forward(self.prefix, input_ids[rows], attention_mask[rows], [lengths[r] for r in rows])
 
         states = self.lookup(keys, compute)
-        hidden = input_ids.new_zeros((*input_ids.shape, self.hidden_size), dtype=states[0].dtype)
-        for i, (state, n) in enumerate(zip(states, lengths, strict=True)):
-            hidden[i, :n] = state.to(hidden.device, non_blocking=True)
-        return hidden.to(next(self.backbone.parameters()).dtype), input_ids, attention_mask
+        hidden = padded_states(states, lengths, input_ids.shape[1], input_ids.device)
+        return hidden.to(next(self.backbone.parameters()).dtype)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden, input_ids, attention_mask = self.cached_input(input_ids, attention_mask)
+        hidden = self.cached_input(input_ids, attention_mask)
         out = self.suffix(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
         return pool_hidden_states(out, input_ids, attention_mask, self.pooling, self.special_ids)
