@@ -71,6 +71,7 @@ bench: install demo-data
 	$(PY) -m benchmarks.bench_bucketing
 	$(PY) -m benchmarks.bench_embedding_cache
 	$(PY) -m benchmarks.bench_prefix_cache
+	$(PY) -m benchmarks.bench_host_overhead
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
