@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per job")
     parser.add_argument("--pairs", type=int, default=600, help="E. coli pairs used (80 %% of them to train)")
     parser.add_argument("--preset", default="esm2_t30_150M_UR50D", help="ESM-2 architecture (random weights)")
-    parser.add_argument("--smoke", action="store_true", help="on a CPU: tiny model, 2 jobs, a GPU Ray is told of")
+    parser.add_argument("--smoke", action="store_true", help="on a CPU: tiny model, 2 jobs sharing the CPUs")
     args = parser.parse_args()
     import torch
 
