@@ -26,7 +26,21 @@ COMMON = (
 """Overrides of both twins (the 2-worker run adds optim.batch_size=4, the one-process run optim.batch_size=8)."""
 
 
+def logged(run_dir: str | Path) -> list[dict]:
+    """Every record of the run's ``metrics.jsonl``, in order; [] before it exists (tests read it live, while a
+    driver writes it)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def trained(run_dir: str | Path) -> list[dict]:
+    """The training records (``step``, ``train_loss``, ...), in order: a worker group restarted from a checkpoint
+    logs the steps it repeats again."""
+    return [r for r in logged(run_dir) if "train_loss" in r]
+
+
 def train_losses(run_dir: str | Path) -> list[float]:
-    """The run's training loss per logged step, from its ``metrics.jsonl``."""
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r["train_loss"] for r in records if "train_loss" in r]
+    """The run's training loss per logged step."""
+    return [r["train_loss"] for r in trained(run_dir)]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from drivers import driver_env, work_dir, write_config
+from parity import logged, trained
 from processes import wait_until
 from ray_nodes import alive_nodes
 
@@ -42,20 +43,14 @@ COMMON = (
 )
 
 
-def _records(log: Path) -> list[dict]:
-    if not log.is_file():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
-def _steps(log: Path) -> list[int]:
+def _steps(run_dir: Path) -> list[int]:
     """The training steps logged, in order (a restarted group logs its repeated steps again)."""
-    return [r["step"] for r in _records(log) if "train_loss" in r]
+    return [r["step"] for r in trained(run_dir)]
 
 
-def _curve(log: Path) -> dict[int, float]:
+def _curve(run_dir: Path) -> dict[int, float]:
     """Training loss per step; a step trained again after a restart keeps its last value."""
-    return {r["step"]: r["train_loss"] for r in _records(log) if "train_loss" in r}
+    return {r["step"]: r["train_loss"] for r in trained(run_dir)}
 
 
 def _alive_ids(cluster, name: str) -> set[str]:
@@ -86,7 +81,7 @@ def test_zero3_across_nodes_survives_a_lost_node_and_a_ctrl_c_and_resumes_from_s
     storage = f"s3://{local_cluster.bucket}/zero3-{uuid.uuid4().hex[:6]}"
     train = [sys.executable, "-m", "protpeft", "train", str(config_file), "--address", local_cluster.gcs_address,
              "--workers", "2", "--storage", storage]  # fmt: skip
-    log = cfg.run_dir / "metrics.jsonl"
+    log = cfg.run_dir  # what _steps and logged read: its metrics.jsonl, written live by the driver
     (lost,) = _alive_ids(local_cluster, "nodeB")
     (survivor,) = _alive_ids(local_cluster, "nodeA")
 
@@ -114,7 +109,7 @@ def test_zero3_across_nodes_survives_a_lost_node_and_a_ctrl_c_and_resumes_from_s
             # -- Ctrl+C once the new group has checkpointed (the old one cannot get past step seen + 1)
             def new_group_checkpointed() -> bool:
                 assert first.poll() is None, (work / "first.log").read_text()[-3000:]
-                return any("val_loss" in r and r["step"] > seen + 1 for r in _records(log))
+                return any("val_loss" in r and r["step"] > seen + 1 for r in logged(log))
 
             wait_until("a checkpoint of the new worker group", new_group_checkpointed, timeout=600)
             first.send_signal(signal.SIGINT)
@@ -140,6 +135,6 @@ def test_zero3_across_nodes_survives_a_lost_node_and_a_ctrl_c_and_resumes_from_s
     # -- the same run uninterrupted, in one process with batch 2b: the same curve
     reference = run_training(make_config("ppi", "full", *COMMON, "optim.batch_size=8", "engine.strategy=local",
                                          name="zero3-reference", small=True))  # fmt: skip
-    ours, theirs = _curve(log), _curve(reference.run_dir / "metrics.jsonl")
+    ours, theirs = _curve(log), _curve(reference.run_dir)
     assert sorted(ours) == sorted(theirs) == list(range(1, STEPS + 1))
     assert max(abs(ours[s] - theirs[s]) for s in ours) < 1e-4, (ours, theirs)

@@ -13,13 +13,13 @@ step, once per marker file.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import yaml
 from kill_once import KillOnce, ship_by_value
+from parity import trained
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(autouse=True)
 def _ship_kill_once_by_value() -> None:
     ship_by_value()
-
-
-def train_losses(run_dir: str | Path) -> list[tuple[int, float]]:
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
 
 
 def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
@@ -64,7 +59,7 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     result = CliRunner().invoke(app, ["train", str(config_file), "--resume", str(cfg.run_dir)])
     assert result.exit_code == 0, result.output
-    resumed = [s for s, _ in train_losses(cfg.run_dir)]
+    resumed = [r["step"] for r in trained(cfg.run_dir)]
     assert resumed == [1, 2, 3, 4]  # steps 1-2 before the crash, then 3-4: continued from the saved step 2
     artifact = check_artifact_files(cfg.run_dir)  # a complete full-mode artefact (backbone/ + head)
     assert artifact.steps == 4 and artifact.strategy == "deepspeed" and artifact.workers == 2
@@ -75,7 +70,8 @@ def test_full_zero2_resumes_after_crash_and_matches_uninterrupted_run(
             "ppi", "full", *common, "optim.batch_size=8", "engine.strategy=local", name="uninterrupted", small=True
         )
     )
-    ours, theirs = train_losses(cfg.run_dir), train_losses(reference.run_dir)
-    assert [s for s, _ in ours] == [s for s, _ in theirs]
-    assert max(abs(a - b) for (_, a), (_, b) in zip(ours, theirs, strict=True)) < 1e-4, (ours, theirs)
+    ours, theirs = trained(cfg.run_dir), trained(reference.run_dir)
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    gaps = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(ours, theirs, strict=True)]
+    assert max(gaps) < 1e-4, (ours, theirs)
     assert math.isclose(artifact.metrics["val_loss"], reference.metrics["val_loss"], abs_tol=1e-4)

@@ -20,13 +20,12 @@ set would cost more than the three steps.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 from kill_once import KillOnce, ship_by_value
-from parity import COMMON, STEPS, TOLERANCE, train_losses
+from parity import COMMON, STEPS, TOLERANCE, train_losses, trained
 
 pytestmark = pytest.mark.integration
 
@@ -98,9 +97,7 @@ def _assert_restarted_from_the_last_checkpoint(killer: KillOnce, run_dir: str | 
     assert resumed_from % EVERY == 0 and resumed_from < KILL_AT  # restarted from a checkpoint
     assert KILL_AT - resumed_from <= EVERY  # at most one checkpoint interval trained twice
     assert after == list(range(resumed_from + 1, STEPS + 1))
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    logged = [r["step"] for r in records if "train_loss" in r]
-    assert logged == [*range(1, KILL_AT), *range(resumed_from + 1, STEPS + 1)]
+    assert [r["step"] for r in trained(run_dir)] == [*range(1, KILL_AT), *range(resumed_from + 1, STEPS + 1)]
 
 
 def test_a_local_instances_processes_reach_its_own_state_api(ray_local) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import train_losses
 
 from protpeft.trainer.ray_cluster import free_port
 from protpeft.trainer.run import run_training
@@ -21,18 +22,13 @@ whose gradient nearly cancels moves by up to lr x its gradient's relative float 
 a lora_A ended 1.1e-5 apart while every loss agreed to 3e-8; at 1e-3 the largest difference is 3.7e-7."""
 
 
-def _losses(run_dir: Path) -> list[float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r["train_loss"] for r in map(json.loads, lines) if "train_loss" in r]
-
-
 def _trained(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n or n.startswith("head.")}
 
 
 def assert_same_training(on, off) -> None:
     assert on.state.step == off.state.step == 6
-    assert _losses(on.run_dir) == pytest.approx(_losses(off.run_dir), abs=1e-5)
+    assert train_losses(on.run_dir) == pytest.approx(train_losses(off.run_dir), abs=1e-5)
     a, b = _trained(on.model), _trained(off.model)
     assert a.keys() == b.keys() and any("lora_" in n for n in a)
     for name in a:
