@@ -79,13 +79,11 @@ def timed_step(engine, collate, examples: list, clock: Clock) -> None:
 
 def bare_suffix(engine, collate, examples: list, clock: Clock) -> tuple[int, int]:
     """The suffix alone on the calls the encoder makes, forward + backward of a sum; (tokens computed, real)."""
-    from protpeft.models.classifier import encoder_calls, trim_padding
-
     encoder = engine.model.encoder
     inputs = collate(examples)["inputs"]
     tokens = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    parts = [trim_padding({k: v[part] for k, v in tokens.items()}) for part in encoder_calls(tokens, len(examples))]
-    calls = [(encoder.cached_input(**part), part["attention_mask"]) for part in parts]
+    calls = [(encoder.cached_input(**call), call["attention_mask"])
+             for call in engine.model.call_inputs(len(examples), tokens)]  # fmt: skip
     clock.start()
     total = sum(encoder.suffix(inputs_embeds=h, attention_mask=m).last_hidden_state.sum() for h, m in calls)
     total.backward()

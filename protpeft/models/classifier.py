@@ -178,14 +178,19 @@ class ProteinClassifier(nn.Module):
         """Encode a batch's distinct rows in one call instead of :func:`call_slices` (engines whose module calls are
         collective, such as DeepSpeed ZeRO-3, need the same number of calls on every rank)."""
 
-    def embed(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    def call_inputs(self, examples: int, inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The encoder's inputs for each call over a batch of ``examples`` (:func:`encoder_calls`): the batch as
+        collated when it is one call (nothing sliced, trimmed or read back), else each call's rows trimmed to their
+        longest (every encoder sees the same shapes: dropout draws the same randomness in all of them)."""
         rows = next(iter(inputs.values())).shape[0]
-        calls = [slice(0, rows)] if self.one_call else encoder_calls(inputs, index.numel() // self.members)
-        if len(calls) == 1:  # the whole batch, as collated: nothing to slice or trim, nothing read back
-            pooled = self.encoder(**inputs)
-        else:  # every encoder sees the same shapes: dropout draws the same randomness in all of them
-            parts = [trim_padding({k: v[part] for k, v in inputs.items()}) for part in calls]
-            pooled = torch.cat([self.encoder(**part) for part in parts])
+        calls = [slice(0, rows)] if self.one_call else encoder_calls(inputs, examples)
+        if len(calls) == 1:
+            return [dict(inputs)]
+        return [trim_padding({k: v[part] for k, v in inputs.items()}) for part in calls]
+
+    def embed(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        parts = [self.encoder(**call) for call in self.call_inputs(index.numel() // self.members, inputs)]
+        pooled = parts[0] if len(parts) == 1 else torch.cat(parts)
         return pooled[index].view(self.members, -1, pooled.shape[-1]).mean(0)
 
     def forward(self, index: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:

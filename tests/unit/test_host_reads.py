@@ -70,10 +70,10 @@ def _setup(make_config, task: str, mode: str, *overrides: str):
     return cfg, model, collate([*data.splits["train"][:4]])
 
 
-def _backbone_reads(backbone: torch.nn.Module, inputs: dict[str, torch.Tensor], **kw) -> list[str]:
+def _backbone_reads(backbone: torch.nn.Module, **inputs: torch.Tensor) -> list[str]:
+    """Where a bare forward of ``backbone`` on ``inputs`` (moved to the meta device) reads values back."""
     with DeviceReads() as reads, torch.no_grad():
-        backbone(**kw) if kw else backbone(input_ids=inputs["input_ids"].to(META),
-                                           attention_mask=inputs["attention_mask"].to(META))  # fmt: skip
+        backbone(**{k: v.to(META) for k, v in inputs.items()})
     return reads.origins
 
 
@@ -89,7 +89,8 @@ def _step_reads(engine: LocalEngine, collated: dict) -> DeviceReads:
 def test_a_step_reads_back_only_what_the_backbone_reads(make_config, task: str, mode: str) -> None:
     cfg, model, collated = _setup(make_config, task, mode, "optim.grad_clip=0.2", "data.prefix_cache=off")
     engine = LocalEngine(model, cfg, total_steps=10, ctx=WorkerContext.local("meta"))
-    own = _backbone_reads(model.encoder.backbone, collated["inputs"])
+    ids, mask = collated["inputs"]["input_ids"], collated["inputs"]["attention_mask"]
+    own = _backbone_reads(model.encoder.backbone, input_ids=ids, attention_mask=mask)
     assert own and all("transformers" in o for o in own)  # the mask check: if transformers stops reading, fine
     reads = _step_reads(engine, collated)
     outside = [o for o in reads.origins if "transformers" not in o]
@@ -113,8 +114,8 @@ def test_a_prefix_cached_step_reads_back_the_token_ids_once(make_config) -> None
     cached = type(model)(encoder, model.head, model.members)
     engine = LocalEngine(cached, cfg, total_steps=10, ctx=WorkerContext.local("meta"))
     rows = collated["inputs"]["input_ids"].shape[0]
-    suffix = _backbone_reads(encoder.suffix, {}, inputs_embeds=torch.zeros(rows, 3, hidden, device=META),
-                             attention_mask=torch.ones(rows, 3, dtype=torch.long, device=META))  # fmt: skip
+    suffix = _backbone_reads(encoder.suffix, inputs_embeds=torch.zeros(rows, 3, hidden),
+                             attention_mask=torch.ones(rows, 3, dtype=torch.long))  # fmt: skip
     reads = _step_reads(engine, collated)
     assert looked_up == [rows] and rows > 2
     outside = [o for o in reads.origins if "transformers" not in o]
