@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_device.sh packing OUT   # there too, a second call: fractional-GPU packing through Ray
 #
 # Ray's wheel (79 MB) is too large to carry (64 MiB a call): `prepare` repacks it without what a local Ray instance
-# never loads (its Java jars, RLlib, the dashboard's web client) as .whl/ray-min.tar.xz (25 MB), which `packing`
+# never loads (its Java jars, RLlib, the dashboard's web client) as .whl/ray-min.tar.xz (~30 MB), which `packing`
 # unpacks beside the other wheels; jsonschema and its needs come as wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,21 +39,24 @@ prepare() {
   du -sh .whl .gpudata
 }
 
-install() {  # there: the carried wheels (not the Ray tarball) into /tmp/site, protpeft into /tmp/pp
-  [ -d /tmp/pp/protpeft ] && return
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-  # protpeft installed, not imported from the checkout: its subpackages live in folders beside protpeft/
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/pp . >/dev/null
+there() {  # there, before a check: the carried wheels (not the Ray tarball) into /tmp/site and protpeft into
+  # /tmp/pp once per machine, the environment, and /tmp/run as the directory the benchmarks run from
+  root=$PWD
+  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PROTPEFT_PPI_DATA=$root/.gpudata PROTPEFT_CACHE=/tmp/ppcache
+  if [ ! -d /tmp/pp/protpeft ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+    # protpeft installed, not imported from the checkout: its subpackages live in folders beside protpeft/
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/pp . >/dev/null
+  fi
+  export PYTHONPATH=/tmp/pp:/tmp/site
+  mkdir -p /tmp/run && ln -sfn "$root/benchmarks" /tmp/run/benchmarks
 }
 
 run() {
   local out=${1:?OUT folder}
-  local root=$PWD
-  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PROTPEFT_PPI_DATA=$root/.gpudata PROTPEFT_CACHE=/tmp/ppcache
   mkdir -p "$out"
-  install
-  export PYTHONPATH=/tmp/pp:/tmp/site
-  mkdir -p /tmp/run && ln -sfn "$root/benchmarks" /tmp/run/benchmarks && cd /tmp/run
+  there
+  cd /tmp/run
   timeout 240 python3 -m benchmarks.bench_gpu --sections lora --out "$out" --profile 4 2>&1 | tee "$out/lora.log" || true
   timeout 90 python3 -m pytest -q -p no:cacheprovider -c "$root/pyproject.toml" --rootdir "$root" \
     "$root/tests/unit/test_cuda_paths.py" 2>&1 | tee "$out/pytest.log" || true
@@ -62,13 +65,10 @@ run() {
 
 packing() {  # N LoRA jobs at 1/N GPU each vs at a whole GPU each, through run-many on a local Ray instance
   local out=${1:?OUT folder}
-  local root=$PWD
-  export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PROTPEFT_PPI_DATA=$root/.gpudata PROTPEFT_CACHE=/tmp/ppcache
   mkdir -p "$out"
-  install
+  there
   [ -d /tmp/site/ray ] || tar -xJf .whl/ray-min.tar.xz -C /tmp/site
-  export PYTHONPATH=/tmp/pp:/tmp/site
-  mkdir -p /tmp/run && ln -sfn "$root/benchmarks" /tmp/run/benchmarks && cd /tmp/run
+  cd /tmp/run
   timeout 400 python3 -m benchmarks.bench_gpu_packing --jobs 4 --steps 60 2>&1 | tee "$out/packing.log" || true
   cp /tmp/run/benchmarks/results/gpu_packing.* "$out/" 2>/dev/null || true
 }
